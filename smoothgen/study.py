@@ -1,0 +1,102 @@
+"""Run the study: execute every experiment notebook with papermill, resumably.
+
+Each notebook ``notebooks/NN_name.ipynb`` is executed with the parameters ``preset`` and
+``overrides`` into ``<results>/NN_name/<preset>/NN_name.ipynb``, next to the tables it writes.
+A run is *resumable*: a notebook whose inputs (its source, the parameters, the library's source
+and the checkpoint cards) hash to the stamp of its last successful run is skipped. A failing
+notebook stops the run with its error; results of earlier notebooks stay as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from smoothgen.results import repo_root, results_dir, write_json
+
+STAMP = ".stamp.json"
+
+
+def notebook_dir() -> Path:
+    """The folder of the source notebooks."""
+    return repo_root() / "notebooks"
+
+
+def list_notebooks(only: Sequence[str] | None = None) -> list[Path]:
+    """Source notebooks in run order, optionally restricted to names in ``only`` (``03`` or ``03_cifar10``).
+
+    Raises
+    ------
+    ValueError
+        If a name in ``only`` matches no notebook.
+    """
+    books = sorted(notebook_dir().glob("[0-9][0-9]_*.ipynb"))
+    if not only:
+        return books
+    chosen = [p for p in books if any(p.stem == o or p.stem.split("_")[0] == o for o in only)]
+    unknown = [o for o in only if not any(p.stem == o or p.stem.split("_")[0] == o for p in books)]
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown}; choose from {[p.stem for p in books]}")
+    return chosen
+
+
+def inputs_digest(notebook: Path, parameters: dict[str, Any]) -> str:
+    """SHA-256 over what a notebook's results depend on: source, parameters, library, checkpoint cards."""
+    digest = hashlib.sha256(notebook.read_bytes())
+    digest.update(json.dumps(parameters, sort_keys=True, default=str).encode())
+    root = repo_root()
+    for path in sorted((root / "smoothgen").rglob("*.py")) + sorted((root / "data" / "checkpoints").glob("*.json")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None = None,
+                 force: bool = False, results_root: Path | None = None) -> dict[str, Any]:
+    """Execute one notebook with papermill unless its stamp says its inputs are unchanged.
+
+    Returns the stamp: ``{"notebook", "preset", "digest", "wall_time_s", "output", "skipped"}``.
+    """
+    import papermill  # heavy import, only when a notebook runs
+
+    parameters = {"preset": preset, "overrides": dict(overrides or {})}
+    out_dir = results_dir(notebook.stem, preset, results_root)
+    stamp_path, output = out_dir / STAMP, out_dir / notebook.name
+    digest = inputs_digest(notebook, parameters)
+    if not force and stamp_path.exists() and output.exists():
+        stamp = json.loads(stamp_path.read_text())
+        if stamp.get("digest") == digest:
+            return {**stamp, "skipped": True}
+    start = time.perf_counter()
+    tmp = out_dir / f".{notebook.name}.running"
+    try:
+        papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, cwd=str(notebook.parent),
+                                   progress_bar=False, kernel_name="python3")
+    except BaseException:
+        if tmp.exists():  # keep the failed run for inspection, never as a result
+            tmp.replace(out_dir / f"{notebook.stem}.failed.ipynb")
+        raise
+    tmp.replace(output)
+    (out_dir / f"{notebook.stem}.failed.ipynb").unlink(missing_ok=True)
+    stamp = {"notebook": notebook.stem, "preset": preset, "digest": digest, "output": output.name,
+             "wall_time_s": round(time.perf_counter() - start, 2)}
+    write_json(stamp_path, stamp)
+    return {**stamp, "skipped": False}
+
+
+def run_study(preset: str, only: Sequence[str] | None = None, overrides: dict[str, Any] | None = None,
+              force: bool = False, results_root: Path | None = None) -> list[dict[str, Any]]:
+    """Run the notebooks in order (see :func:`run_notebook`) with a progress bar; stop at the first failure."""
+    stamps = []
+    books = list_notebooks(only)
+    with tqdm(books, desc=f"study[{preset}]", unit="notebook") as bar:
+        for notebook in bar:
+            bar.set_postfix_str(notebook.stem)
+            stamps.append(run_notebook(notebook, preset, overrides, force, results_root))
+    return stamps
