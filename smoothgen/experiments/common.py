@@ -1,0 +1,63 @@
+"""What every experiment shares: its result object, the writer of its tables, its banner."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from smoothgen.results import results_dir, run_meta, write_json, write_table
+
+
+@dataclass
+class StudyResult:
+    """Tables of one experiment run (tidy DataFrames by name), its provenance and where it was written."""
+
+    tables: dict[str, pd.DataFrame]
+    meta: dict[str, Any]
+    directory: Path
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.tables[name]
+
+
+class Stopwatch:
+    """Wall time since creation, in seconds."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def finish(experiment: str, params: dict[str, Any], tables: dict[str, pd.DataFrame], *,
+           seed: int, data_variant: str | None, clock: Stopwatch, **extra: Any) -> StudyResult:
+    """Write ``tables`` as ``<results>/<experiment>/<preset>/<name>.csv`` plus ``meta.json``.
+
+    Every table gets the columns ``preset`` and ``seed`` so that a CSV read alone says where it
+    came from; ``meta.json`` holds the full parameters.
+    """
+    preset = params["preset"]
+    out = results_dir(experiment, preset)
+    for name, table in tables.items():
+        table = table.assign(preset=preset, seed=seed)
+        tables[name] = table
+        write_table(out / f"{name}.csv", table)
+    meta = run_meta(params, preset=preset, seed=seed, data_variant=data_variant,
+                    wall_time_s=clock.elapsed, experiment=experiment, tables=sorted(tables), **extra)
+    write_json(out / "meta.json", meta)
+    return StudyResult(tables=tables, meta=meta, directory=out)
+
+
+def banner(meta: dict[str, Any]) -> str:
+    """A Markdown line for the top of an executed notebook: preset, commit, date, data, wall time."""
+    commit = str(meta.get("git_commit", "unknown"))[:10]
+    data = meta.get("data_variant") or "no dataset"
+    return (f"**Run:** preset `{meta['preset']}` · seed {meta['seed']} · commit `{commit}` · "
+            f"{meta['date']} · data: {data} · {meta['machine']} · {meta['wall_time_s']:.0f} s")

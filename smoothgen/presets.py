@@ -1,0 +1,191 @@
+"""Presets: the one place that holds SmoothGen's smoke / cpu / gpu parameters.
+
+Training presets
+----------------
+``TRAIN_PRESETS[model][preset]`` is a flat dict of one model's architecture and training
+parameters (read by :mod:`smoothgen.models.train`). ``steps`` counts optimizer steps.
+
+- ``smoke``: tiny models, a few steps, evaluation on small subsets: seconds on a CPU (tests).
+- ``cpu``: the architectures SmoothGen ships; runs on 2 CPU cores within about 2 h (diffusion),
+  40 min (LM) and 40 min (each classifier). The shipped weights use these architectures,
+  possibly trained longer on a GPU; each model card records the preset, the overrides
+  (e.g. ``steps``) and the hardware.
+- ``gpu``: larger models for users with a GPU (not shipped).
+
+Use :func:`get_train_preset` to read one with overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = ["TRAIN_PRESETS", "get_train_preset"]
+
+_DIFFUSION_SCHEDULE = {
+    "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
+    "prediction_type": "epsilon", "cond_dropout": 0.1,
+}
+
+TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "diffusion": {
+        "smoke": {
+            **_DIFFUSION_SCHEDULE, "block_out_channels": (16, 16, 16), "layers_per_block": 1,
+            "mid_attention": True, "attention_head_dim": 8, "norm_num_groups": 8, "dropout": 0.0,
+            "batch_size": 8, "steps": 3, "lr": 2e-4, "warmup_steps": 1, "min_lr_frac": 1.0,
+            "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": 0.9, "checkpoint_every": 2,
+            "train_subset": 512, "sample_steps": 2, "eval_samples": 20, "sweep_scales": (1.0, 3.0),
+            "sweep_samples": 10, "eval_batch_size": 20, "fid_real_samples": 200,
+        },
+        "cpu": {
+            **_DIFFUSION_SCHEDULE, "block_out_channels": (32, 64, 64), "layers_per_block": 1,
+            "mid_attention": True, "attention_head_dim": 8, "norm_num_groups": 8, "dropout": 0.0,
+            "batch_size": 64, "steps": 15_000, "lr": 5e-4, "warmup_steps": 500, "min_lr_frac": 1.0,
+            "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": 0.999, "checkpoint_every": 500,
+            "train_subset": None, "sample_steps": 20, "eval_samples": 1000,
+            "sweep_scales": (1.0, 1.5, 2.0, 3.0, 4.0, 5.0), "sweep_samples": 200, "eval_batch_size": 250,
+            "fid_real_samples": None,
+        },
+        "gpu": {
+            **_DIFFUSION_SCHEDULE, "block_out_channels": (128, 256, 256, 256), "layers_per_block": 2,
+            "mid_attention": True, "attention_head_dim": 32, "norm_num_groups": 32, "dropout": 0.1,
+            "batch_size": 128, "steps": 200_000, "lr": 2e-4, "warmup_steps": 5000, "min_lr_frac": 1.0,
+            "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": 0.9999, "checkpoint_every": 5000,
+            "train_subset": None, "sample_steps": 20, "eval_samples": 10_000,
+            "sweep_scales": (1.0, 1.5, 2.0, 3.0, 4.0, 5.0), "sweep_samples": 1000, "eval_batch_size": 1000,
+            "fid_real_samples": None,
+        },
+    },
+    "lm": {
+        "smoke": {
+            "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 32, "dropout": 0.1,
+            "batch_size": 4, "seq_len": 16, "steps": 3, "lr": 1e-3, "warmup_steps": 1, "min_lr_frac": 0.1,
+            "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 2, "checkpoint_every": 2,
+            "eval_tokens": 500, "storage_dtype": "float32",
+        },
+        "cpu": {
+            "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 128, "dropout": 0.2,
+            "batch_size": 16, "seq_len": 128, "steps": 4000, "lr": 1e-3, "warmup_steps": 200,
+            "min_lr_frac": 0.1, "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 450,
+            "checkpoint_every": 450, "eval_tokens": None, "storage_dtype": "float16",
+        },
+        "gpu": {
+            "n_embd": 512, "n_layer": 6, "n_head": 8, "n_positions": 256, "dropout": 0.3,
+            "batch_size": 64, "seq_len": 256, "steps": 10_000, "lr": 6e-4, "warmup_steps": 500,
+            "min_lr_frac": 0.1, "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 500,
+            "checkpoint_every": 1000, "eval_tokens": None, "storage_dtype": "float16",
+        },
+    },
+    "classifier": {
+        "smoke": {
+            "widths": (8, 8, 16, 16), "batch_size": 32, "steps": 3, "lr": 0.05, "warmup_steps": 1,
+            "min_lr_frac": 0.0, "weight_decay": 5e-4, "label_smoothing": 0.1, "grad_clip": None,
+            "checkpoint_every": 2, "eval_samples": 256,
+        },
+        "cpu": {
+            "widths": (16, 32, 64, 128), "batch_size": 256, "steps": 2000, "lr": 0.2, "warmup_steps": 200,
+            "min_lr_frac": 0.0, "weight_decay": 5e-4, "label_smoothing": 0.1, "grad_clip": None,
+            "checkpoint_every": 200, "eval_samples": None,
+        },
+        "gpu": {
+            "widths": (64, 128, 256, 512), "batch_size": 512, "steps": 8000, "lr": 0.4, "warmup_steps": 500,
+            "min_lr_frac": 0.0, "weight_decay": 5e-4, "label_smoothing": 0.1, "grad_clip": None,
+            "checkpoint_every": 1000, "eval_samples": None,
+        },
+    },
+}
+
+
+def get_train_preset(model: str, preset: str, **overrides: Any) -> dict[str, Any]:
+    """A copy of ``TRAIN_PRESETS[model][preset]`` with ``overrides`` applied.
+
+    Raises
+    ------
+    ValueError
+        Unknown model or preset, or an override key the preset does not have.
+    """
+    if model not in TRAIN_PRESETS:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    if preset not in TRAIN_PRESETS[model]:
+        raise ValueError(f"unknown preset {preset!r} for {model}; choose one of {sorted(TRAIN_PRESETS[model])}")
+    params = copy.deepcopy(TRAIN_PRESETS[model][preset])
+    unknown = sorted(set(overrides) - set(params))
+    if unknown:
+        raise ValueError(f"unknown {model} parameters {unknown}; valid: {sorted(params)}")
+    params.update(overrides)
+    return params
+
+
+# Study presets -------------------------------------------------------------------------------
+# ``STUDY_PRESETS[notebook][preset]``: the parameters of one study notebook (read by
+# :func:`study_params`; the notebooks pass ``preset`` and ``overrides``).
+
+_TOYS = [{"name": "spread", "a_norm": 2.0, "s": 0.0}, {"name": "concentrated", "a_norm": 0.25, "s": 0.05}]
+
+_RADII = [round(0.05 * k, 2) for k in range(31)]
+
+_CIFAR_BASE = {"seed": 0, "device": None, "steps": 20, "guidance_scale": None, "classes": list(range(10)),
+               "alpha": 0.001, "center_delta": 0.3, "epsilon": 0.05,
+               "radii_rel": [0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]}
+_PTB_BASE = {"seed": 0, "device": None, "prompt_len": 5, "steps": 10, "alpha": 0.001, "temperature": 1.0,
+             "top_k": 50, "radii_rel": [0.1, 0.25, 0.5, 1.0, 2.0]}
+
+STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "01_smoothing_classifiers": {
+        "smoke": {"seed": 0, "sigmas": [0.25], "n_images": 3, "stride": 1000, "n0": 10, "n": 50,
+                  "alpha": 0.001, "batch_size": 64, "radii": [0.0, 0.25, 0.5], "device": None},
+        "cpu": {"seed": 0, "sigmas": [0.12, 0.25, 0.5], "n_images": 100, "stride": 100, "n0": 100, "n": 2000,
+                "alpha": 0.001, "batch_size": 500, "radii": _RADII, "device": None},
+        "gpu": {"seed": 0, "sigmas": [0.12, 0.25, 0.5], "n_images": 500, "stride": 20, "n0": 100, "n": 100_000,
+                "alpha": 0.001, "batch_size": 2000, "radii": _RADII, "device": None},
+    },
+    "03_cifar10": {
+        "smoke": {**_CIFAR_BASE, "steps": 2, "classes": [0, 1], "sigma_rel": [0.0, 0.2], "n": 12, "n_pilot": 4,
+                  "batch_size": 12, "n_real": 64, "grid_samples": 4, "radii_rel": [0.1, 0.5]},
+        "cpu": {**_CIFAR_BASE, "sigma_rel": [0.0, 0.05, 0.1, 0.2, 0.4], "n": 128, "n_pilot": 32, "batch_size": 64,
+                "n_real": 2000, "grid_samples": 8},
+        "gpu": {**_CIFAR_BASE, "steps": 50, "sigma_rel": [0.0, 0.025, 0.05, 0.1, 0.2, 0.4], "n": 10_000,
+                "n_pilot": 500, "batch_size": 1000, "n_real": 10_000, "grid_samples": 8, "center_delta": 0.05},
+    },
+    "04_ptb": {
+        "smoke": {**_PTB_BASE, "steps": 4, "sigma_rel": [0.0, 0.25], "n_prompts": 2, "n0": 4, "n": 16,
+                  "n_samples": 16, "n_pilot": 4, "nll_draws": 4, "batch_size": 32, "radii_rel": [0.1, 0.5]},
+        "cpu": {**_PTB_BASE, "sigma_rel": [0.0, 0.1, 0.25, 0.5], "n_prompts": 40, "n0": 32, "n": 1000,
+                "n_samples": 500, "n_pilot": 50, "nll_draws": 32, "batch_size": 500},
+        "gpu": {**_PTB_BASE, "sigma_rel": [0.0, 0.05, 0.1, 0.25, 0.5, 1.0], "n_prompts": 500, "n0": 100,
+                "n": 100_000, "n_samples": 10_000, "n_pilot": 500, "nll_draws": 256, "batch_size": 10_000},
+    },
+    "02_certificates": {
+        "smoke": {"seed": 0, "dim": 16, "toys": _TOYS, "sigma": 0.5, "alpha": 0.001, "n": 2000,
+                  "batch_size": 4096, "radii": [0.1, 0.5], "n_center": 200, "center_delta": 0.2, "alpha_coverage": 0.05,
+                  "coverage_radius": 0.25, "coverage_n": [10], "seeds": 40},
+        "cpu": {"seed": 0, "dim": 16, "toys": _TOYS, "sigma": 0.5, "alpha": 0.001, "n": 100_000,
+                "batch_size": 8192, "radii": [0.05, 0.1, 0.25, 0.5, 0.75, 1.0], "n_center": 5000, "center_delta": 0.05,
+                "alpha_coverage": 0.05, "coverage_radius": 0.25, "coverage_n": [5, 10, 100, 1000], "seeds": 2000},
+        "gpu": {"seed": 0, "dim": 16, "toys": _TOYS, "sigma": 0.5, "alpha": 0.001, "n": 1_000_000,
+                "batch_size": 65536, "radii": [0.05, 0.1, 0.25, 0.5, 0.75, 1.0], "n_center": 10_000, "center_delta": 0.05,
+                "alpha_coverage": 0.05, "coverage_radius": 0.25, "coverage_n": [5, 10, 100, 1000, 10_000],
+                "seeds": 5000},
+    },
+}
+
+
+def study_params(notebook: str, preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parameters of one study notebook at ``preset``, with ``overrides`` applied.
+
+    Raises
+    ------
+    ValueError
+        For an unknown notebook or preset, or an override that names no parameter.
+    """
+    if notebook not in STUDY_PRESETS:
+        raise ValueError(f"unknown notebook {notebook!r}; choose from {sorted(STUDY_PRESETS)}")
+    presets = STUDY_PRESETS[notebook]
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} for {notebook}; choose from {sorted(presets)}")
+    params = copy.deepcopy(presets[preset])
+    unknown = sorted(set(overrides or {}) - set(params))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {notebook}; known: {sorted(params)}")
+    params.update(copy.deepcopy(overrides or {}))
+    return {**params, "preset": preset, "notebook": notebook}

@@ -1,0 +1,59 @@
+"""Every study notebook runs end to end on the smoke preset (papermill, fresh kernel) and writes sane tables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from smoothgen import study
+
+NOTEBOOKS = study.list_notebooks()
+
+
+def _source_is_clean(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    assert "parameters" in nb.cells[0].metadata.get("tags", []), "first cell must be tagged 'parameters'"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "source notebook has outputs"
+
+
+def _check_tables(directory: Path) -> dict[str, pd.DataFrame]:
+    meta = json.loads((directory / "meta.json").read_text())
+    assert meta["preset"] == "smoke" and meta["git_commit"] and meta["versions"]["torch"]
+    tables = {name: pd.read_csv(directory / f"{name}.csv") for name in meta["tables"]}
+    for name, table in tables.items():
+        assert len(table) > 0, name
+        numeric = table.select_dtypes("number").replace([np.inf], np.nan)
+        assert not numeric.isna().all().any(), f"{name}: a numeric column has no finite value"
+    return tables
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_on_smoke_preset(notebook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _source_is_clean(notebook)
+    before = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=notebook.parent).stdout
+    monkeypatch.setenv("SMOOTHGEN_RESULTS", str(tmp_path))
+    stamp = study.run_notebook(notebook, "smoke", force=True, results_root=tmp_path)
+    assert not stamp["skipped"]
+    tables = _check_tables(tmp_path / notebook.stem / "smoke")
+    CHECKS.get(notebook.stem, lambda t: None)(tables)
+    after = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=notebook.parent).stdout
+    assert after == before, "running a notebook must leave nothing in the repository"
+
+
+def _check_certificates(tables: dict[str, pd.DataFrame]) -> None:
+    side = tables["side_by_side"]
+    assert (side["tv_bound"] >= side["true_tv"] - 1e-12).all()
+    assert (side["w1_certificate"] >= side["true_w1"]).all()
+    assert (side["w1_certificate"] <= side["w1_diameter_bound"] + 1e-12).all()
+    assert (side["tail_lower"] <= side["tail_low"]).all() and (side["tail_upper"] >= side["tail_high"]).all()
+    assert set(tables["coverage"]["certificate"]) == {"w1_certificate", "tail_bounds", "mean_band"}
+
+
+CHECKS = {"02_certificates": _check_certificates}
