@@ -74,7 +74,7 @@ def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None =
         if stamp.get("digest") == digest:
             return {**stamp, "skipped": True}
     start = time.perf_counter()
-    tmp = out_dir / f".{notebook.name}.running"
+    tmp = out_dir / f".{notebook.stem}.running.ipynb"
     try:
         papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, cwd=str(notebook.parent),
                                    progress_bar=False, kernel_name="python3")
