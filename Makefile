@@ -27,7 +27,8 @@ study: install
 	$(BIN)/smoothgen study --preset $(PRESET)
 
 book: install
-	$(BIN)/python -m smoothgen.book build
+	rm -rf book/_build
+	$(BIN)/jupyter-book build book/ -W -n --keep-going
 	@echo "Book: $(CURDIR)/book/_build/html/index.html"
 
 test: install system-deps

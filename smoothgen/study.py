@@ -1,7 +1,9 @@
 """Run the study: execute every experiment notebook with papermill, resumably.
 
 Each notebook ``notebooks/NN_name.ipynb`` is executed with the parameters ``preset`` and
-``overrides`` into ``<results>/NN_name/<preset>/NN_name.ipynb``, next to the tables it writes.
+``overrides`` into ``<results>/NN_name/<preset>/NN_name.ipynb``, next to the tables it writes —
+except for the book's preset (:data:`BOOK_PRESET`), whose executed copies go to
+``book/notebooks/`` where the Jupyter Book includes them.
 A run is *resumable*: a notebook whose inputs (its source, the parameters, the library's source
 and the checkpoint cards) hash to the stamp of its last successful run is skipped. A failing
 notebook stops the run with its error; results of earlier notebooks stay as they are.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +24,8 @@ from tqdm.auto import tqdm
 from smoothgen.results import repo_root, results_dir, write_json
 
 STAMP = ".stamp.json"
+BOOK_PRESET = "cpu"
+"""The preset whose executed notebooks the book shows."""
 
 
 def notebook_dir() -> Path:
@@ -57,6 +62,14 @@ def inputs_digest(notebook: Path, parameters: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def executed_path(notebook: Path, preset: str, out_dir: Path, results_root: Path | None) -> Path:
+    """Where the executed copy goes: ``book/notebooks/`` for the book's preset and the default
+    results root, else next to the notebook's tables."""
+    if preset == BOOK_PRESET and results_root is None and "SMOOTHGEN_RESULTS" not in os.environ:
+        return repo_root() / "book" / "notebooks" / notebook.name
+    return out_dir / notebook.name
+
+
 def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None = None,
                  force: bool = False, results_root: Path | None = None) -> dict[str, Any]:
     """Execute one notebook with papermill unless its stamp says its inputs are unchanged.
@@ -67,7 +80,7 @@ def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None =
 
     parameters = {"preset": preset, "overrides": dict(overrides or {})}
     out_dir = results_dir(notebook.stem, preset, results_root)
-    stamp_path, output = out_dir / STAMP, out_dir / notebook.name
+    stamp_path, output = out_dir / STAMP, executed_path(notebook, preset, out_dir, results_root)
     digest = inputs_digest(notebook, parameters)
     if not force and stamp_path.exists() and output.exists():
         stamp = json.loads(stamp_path.read_text())
@@ -82,9 +95,10 @@ def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None =
         if tmp.exists():  # keep the failed run for inspection, never as a result
             tmp.replace(out_dir / f"{notebook.stem}.failed.ipynb")
         raise
+    output.parent.mkdir(parents=True, exist_ok=True)
     tmp.replace(output)
     (out_dir / f"{notebook.stem}.failed.ipynb").unlink(missing_ok=True)
-    stamp = {"notebook": notebook.stem, "preset": preset, "digest": digest, "output": output.name,
+    stamp = {"notebook": notebook.stem, "preset": preset, "digest": digest, "output": os.path.relpath(output, repo_root()),
              "wall_time_s": round(time.perf_counter() - start, 2)}
     write_json(stamp_path, stamp)
     return {**stamp, "skipped": False}
