@@ -150,9 +150,9 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "04_ptb": {
         "smoke": {**_PTB_BASE, "steps": 4, "sigma_rel": [0.0, 0.25], "n_prompts": 2, "n0": 4, "n": 16,
                   "n_samples": 16, "n_pilot": 4, "nll_draws": 4, "batch_size": 32, "radii_rel": [0.1, 0.5]},
-        "cpu": {**_PTB_BASE, "sigma_rel": [0.0, 0.1, 0.25, 0.5], "n_prompts": 40, "n0": 32, "n": 1000,
+        "cpu": {**_PTB_BASE, "sigma_rel": [0.0, 0.05, 0.1, 0.25], "n_prompts": 40, "n0": 32, "n": 1000,
                 "n_samples": 500, "n_pilot": 50, "nll_draws": 32, "batch_size": 500},
-        "gpu": {**_PTB_BASE, "sigma_rel": [0.0, 0.05, 0.1, 0.25, 0.5, 1.0], "n_prompts": 500, "n0": 100,
+        "gpu": {**_PTB_BASE, "sigma_rel": [0.0, 0.025, 0.05, 0.1, 0.25, 0.5], "n_prompts": 500, "n0": 100,
                 "n": 100_000, "n_samples": 10_000, "n_pilot": 500, "nll_draws": 256, "batch_size": 10_000},
     },
     "02_certificates": {
