@@ -130,6 +130,9 @@ _CIFAR_BASE = {"seed": 0, "device": None, "steps": 20, "guidance_scale": None, "
 _PTB_BASE = {"seed": 0, "device": None, "prompt_len": 5, "steps": 10, "alpha": 0.001, "temperature": 1.0,
              "top_k": 50, "radii_rel": [0.1, 0.25, 0.5, 1.0, 2.0]}
 
+_OVERHEAD_SEQUENTIAL = {"alpha": 0.001, "n0": 100, "cert_sigma": 0.25, "decision_r_over_sigma": 1.0, "tol": 0.05}
+_OVERHEAD_MODELS = {"sigma_diffusion": 0.5, "sigma_lm": 0.1, "lm_prompt_len": 8, "lm_tokens": 10}
+
 STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "01_smoothing_classifiers": {
         "smoke": {"seed": 0, "sigmas": [0.25], "n_images": 3, "stride": 1000, "n0": 10, "n": 50,
@@ -166,6 +169,17 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "batch_size": 65536, "radii": [0.05, 0.1, 0.25, 0.5, 0.75, 1.0], "n_center": 10_000, "center_delta": 0.05,
                 "alpha_coverage": 0.05, "coverage_radius": 0.25, "coverage_n": [5, 10, 100, 1000, 10_000],
                 "seeds": 5000},
+    },
+    "07_overhead": {
+        "smoke": {"seed": 0, "device": None, "models": ["toy"], "n_values": [64, 256], "batch_size": 64, "repeats": 1, "threads": 1,
+                  "diffusion_steps": 1, **_OVERHEAD_MODELS, **_OVERHEAD_SEQUENTIAL, "inputs": 300, "n_fixed": 10_000,
+                  "p_source": "synthetic", "p_images": 0, "p_draws": 0},
+        "cpu": {"seed": 0, "device": None, "models": ["toy", "diffusion", "lm"], "n_values": [32, 128, 512],
+                "batch_size": 64, "repeats": 2, "threads": 1, "diffusion_steps": 4, **_OVERHEAD_MODELS, **_OVERHEAD_SEQUENTIAL, "inputs": 2000,
+                "n_fixed": 100_000, "p_source": "classifier", "p_images": 60, "p_draws": 500},
+        "gpu": {"seed": 0, "device": None, "models": ["toy", "diffusion", "lm"], "n_values": [256, 1024, 4096, 16384],
+                "batch_size": 1024, "repeats": 3, "threads": None, "diffusion_steps": 20, **_OVERHEAD_MODELS, **_OVERHEAD_SEQUENTIAL, "inputs": 10_000,
+                "n_fixed": 100_000, "p_source": "classifier", "p_images": 500, "p_draws": 10_000},
     },
 }
 

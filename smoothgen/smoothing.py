@@ -201,6 +201,22 @@ def medoid(samples: Tensor, metric: Metric = l2_distances, chunk_size: int = 256
     return samples[medoid_index(samples, metric, chunk_size)]
 
 
+def _collect(batches: Iterator[Tensor], n: int) -> Tensor:
+    """Copy a stream of ``[b, *S]`` batches into one preallocated ``[n, *S]`` tensor.
+
+    Only one batch is alive at a time, so memory is the result plus one batch (concatenating a
+    list would keep every batch until the end).
+    """
+    out: Tensor | None = None
+    start = 0
+    for batch in batches:
+        if out is None:
+            out = torch.empty((n, *batch.shape[1:]), dtype=batch.dtype, device=batch.device)
+        out[start : start + batch.shape[0]].copy_(batch)
+        start += batch.shape[0]
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # smoothed generator
 # --------------------------------------------------------------------------------------------
@@ -256,14 +272,7 @@ class SmoothedGenerator:
 
     def sample(self, c: Tensor, n: int, seed: int, device: DeviceLike = None) -> Tensor:
         """Draw ``n`` outputs ``G(c + ε_i, z_i)``: a ``[n, *O]`` tensor (one preallocated buffer)."""
-        out: Tensor | None = None
-        start = 0
-        for batch in self.iter_batches(c, n, seed, device):
-            if out is None:
-                out = torch.empty((n, *batch.shape[1:]), dtype=batch.dtype, device=batch.device)
-            out[start : start + batch.shape[0]].copy_(batch)
-            start += batch.shape[0]
-        return out
+        return _collect(self.iter_batches(c, n, seed, device), n)
 
     def map_reduce(
         self, c: Tensor, n: int, seed: int, fn: Callable[[Tensor], Tensor], device: DeviceLike = None
@@ -276,7 +285,7 @@ class SmoothedGenerator:
         if not callable(fn):
             raise ValueError("fn must be callable on a batch of outputs")
         wrapped = lambda out: _check_rows(fn(out), out.shape[0], "fn")  # noqa: E731
-        return torch.cat(list(self._stream(c, n, seed, device, wrapped)))
+        return _collect(self._stream(c, n, seed, device, wrapped), n)
 
     def mean(self, c: Tensor, n: int, seed: int, device: DeviceLike = None) -> Tensor:
         """The smoothed mean ``ŷ = (1/n) Σ_i y_i`` as a running float64 sum (O(batch) memory).

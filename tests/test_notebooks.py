@@ -57,4 +57,38 @@ def _check_certificates(tables: dict[str, pd.DataFrame]) -> None:
     assert set(tables["coverage"]["certificate"]) == {"w1_certificate", "tail_bounds", "mean_band"}
 
 
-CHECKS = {"02_certificates": _check_certificates}
+def _check_overhead(tables: dict[str, pd.DataFrame]) -> None:
+    timing, summary = tables["timing"], tables["sequential_summary"].set_index("mode")
+    assert {"base", "smoothed sample"} <= set(timing["run"]) and (timing["wall_s"] > 0).all()
+    assert summary.loc["fixed", "pass_reduction_median"] == 1.0
+    assert summary.loc["decision", "pass_reduction_median"] > 1
+    assert summary.loc["decision", "decision_agreement"] >= 0.95
+    methods = tables["passes"]["method"]
+    assert methods.str.contains("Cohen").any() and methods.str.contains("center smoothing").any()
+
+
+def _check_cifar10(tables: dict[str, pd.DataFrame]) -> None:
+    certs = tables["certificates"]
+    assert (certs["w1_certificate"] <= certs["w1_diameter_bound"] + 1e-12).all()
+    assert certs["consistency_lower"].between(0, 1).all() and (certs["band_halfwidth_mean"] >= 0).all()
+    assert tables["quality"]["fid_name"].str.startswith("FID[evaluator").all()
+
+
+def _check_ptb(tables: dict[str, pd.DataFrame]) -> None:
+    w1 = tables["w1"]
+    assert (w1["w1_certificate"] <= w1["w1_diameter_bound"] + 1e-12).all() and (w1["w1_certificate"] >= 0).all()
+    quality = tables["quality"].set_index("sigma_rel")
+    assert quality.loc[0.0, "bleu_vs_base"] == pytest.approx(1.0)  # the base agrees with itself
+
+
+def _check_classifiers(tables: dict[str, pd.DataFrame]) -> None:
+    certs = tables["certificates"]
+    assert ((certs["prediction"] == -1) == (certs["radius"] == 0)).all()
+    acc = tables["certified_accuracy"]
+    mine = acc[acc["source"] == "SmoothGen"].sort_values("radius")
+    for _, curve in mine.groupby("sigma"):
+        assert curve["certified_accuracy"].is_monotonic_decreasing
+
+
+CHECKS = {"01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,
+          "03_cifar10": _check_cifar10, "04_ptb": _check_ptb, "07_overhead": _check_overhead}
