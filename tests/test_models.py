@@ -20,9 +20,10 @@ from smoothgen.models import (
 from smoothgen.models.checkpoints import CARD_KEYS, load_weights, save_checkpoint, sha256_file
 from smoothgen.models.classifier import CifarResNet, ClassifierConfig, accuracy, random_crop_flip
 from smoothgen.models.lm import LMConfig, build_lm, stream_perplexity
+from smoothgen.models.diffusion import ddim_scheduler, ddpm_scheduler
+from smoothgen.models.train import DiffusionTask, train
 from smoothgen.models.train import main as train_main
-from smoothgen.models.train import train
-from smoothgen.models.training import lr_at
+from smoothgen.models.training import EpochSampler, lr_at
 from smoothgen.presets import TRAIN_PRESETS, get_train_preset
 from smoothgen.runtime import make_generator
 
@@ -338,6 +339,21 @@ def test_get_train_preset_overrides_without_mutating() -> None:
         get_train_preset("lm", "tpu")
 
 
+def test_epoch_sampler_visits_every_example_once_per_epoch() -> None:
+    sampler = EpochSampler(n=10, batch_size=3, seed=4, device=torch.device("cpu"))
+    epoch0 = torch.cat([sampler.indices(s) for s in range(3)])  # 3 batches per epoch, 1 example dropped
+    assert epoch0.unique().numel() == 9 and not torch.equal(epoch0, torch.cat([sampler.indices(s) for s in range(3, 6)]))
+    assert torch.equal(sampler.indices(1), EpochSampler(10, 3, 4, torch.device("cpu")).indices(1))
+
+
+def test_training_noise_schedule_is_the_sampler_schedule() -> None:
+    """The loss's ᾱ_t must be the DDPM/DDIM schedulers' ``alphas_cumprod`` (else sampling is off)."""
+    task = DiffusionTask(get_train_preset("diffusion", "smoke"), torch.device("cpu"), 0, DATA)
+    expected = ddpm_scheduler(task.config).alphas_cumprod
+    assert torch.allclose(task.alphas_cumprod, expected, rtol=1e-6)
+    assert torch.allclose(ddim_scheduler(task.config, 20).alphas_cumprod, expected)
+
+
 def test_lr_schedule_warms_up_then_follows_the_cosine() -> None:
     p = {"lr": 1.0, "warmup_steps": 10, "steps": 110, "min_lr_frac": 0.1}
     assert lr_at(0, p) == pytest.approx(0.1) and lr_at(9, p) == pytest.approx(1.0)
@@ -365,3 +381,24 @@ def test_shipped_evaluator_classifies_test_images() -> None:
     test = load_cifar10("test", root=DATA)
     model = load_classifier(root=SHIPPED)
     assert accuracy(model, test.images[:500], test.labels[:500]) >= 0.8
+
+
+# ----------------------------------------------------------------------------- plugged into the smoothing layer
+
+
+def test_adapters_plug_into_the_smoothing_layer(smoke_diffusion: DiffusionGenerator, shipped_lm: LMGenerator) -> None:
+    from smoothgen.noise import GaussianNoise
+    from smoothgen.smoothing import SmoothedClassifier, SmoothedGenerator, SmoothedGreedyDecoder
+
+    c = smoke_diffusion.conditions()[2]
+    images = SmoothedGenerator(smoke_diffusion, GaussianNoise(0.5), batch_size=2).sample(c, n=3, seed=0)
+    assert images.shape == (3, 3, 32, 32) and float(images.min()) >= 0 and float(images.max()) <= 1
+    model = CifarResNet(ClassifierConfig(widths=(8, 8, 16, 16))).eval()
+    counts = SmoothedClassifier(ClassifierBase(model), GaussianNoise(0.25), num_classes=10, batch_size=8).counts(
+        torch.rand(3, 32, 32), n=16, seed=0)
+    assert counts.sum() == 16
+    prompt = shipped_lm.prompt_embeddings(shipped_lm.vocab.encode("the company"))
+    decoded = SmoothedGreedyDecoder(shipped_lm.next_token, GaussianNoise(1e-4), len(shipped_lm.vocab), batch_size=4)
+    result = decoded.decode(prompt, steps=3, n0=4, n=8, alpha=0.05, seed=0)
+    clean = LMGenerator(shipped_lm.model, shipped_lm.vocab, steps=3)(prompt[None], make_generator(0, "cpu"))[0]
+    assert result.tokens.tolist() == clean.tolist()  # tiny noise: the smoothed greedy output is the clean one

@@ -249,15 +249,17 @@ class DiffusionGenerator:
         """Sample one image per condition row; ``x_T ~ N(0, I)`` is drawn from ``generator``.
 
         Runs under ``torch.inference_mode`` on the model's device; ``generator`` must live there.
-        Deterministic given the generator state (DDIM with ``eta = 0``).
+        Embeddings are cast to the model's dtype (e.g. float64 noise → float32). Deterministic
+        given the generator state (DDIM with ``eta = 0``).
         """
         self._check(embeddings)
         if generator.device.type != self.device.type:
             raise ValueError(f"generator is on {generator.device} but the model runs on {self.device}")
         shape = (embeddings.shape[0], 3, 32, 32)
+        dtype = self.model.class_embedding.weight.dtype
         with torch.inference_mode():
-            x_t = torch.randn(shape, generator=generator, device=self.device, dtype=embeddings.dtype)
-            return self._denoise(x_t, embeddings)
+            x_t = torch.randn(shape, generator=generator, device=self.device, dtype=dtype)
+            return self._denoise(x_t, embeddings.to(dtype))
 
     def sample_from_noise(self, embeddings: Tensor, x_t: Tensor) -> Tensor:
         """Differentiable sampling from given initial noise ``x_T [B, 3, 32, 32]``.
@@ -269,7 +271,8 @@ class DiffusionGenerator:
         self._check(embeddings)
         if x_t.shape != (embeddings.shape[0], 3, 32, 32):
             raise ValueError(f"x_t must have shape {(embeddings.shape[0], 3, 32, 32)}, got {tuple(x_t.shape)}")
-        return self._denoise(x_t, embeddings)
+        dtype = self.model.class_embedding.weight.dtype
+        return self._denoise(x_t.to(device=self.device, dtype=dtype), embeddings.to(dtype))
 
 
 def load_diffusion(name: str = "diffusion_cifar10", root: str | None = None, device: Any = None,

@@ -134,6 +134,8 @@ class LMGenerator:
     def _check_embeds(self, embeds: Tensor, extra: int) -> None:
         if not isinstance(embeds, Tensor) or embeds.ndim != 3 or embeds.shape[2] != self.embedding_dim:
             raise ValueError(f"prompt embeddings must be a float tensor [B, k, {self.embedding_dim}]")
+        if not embeds.is_floating_point():
+            raise ValueError(f"prompt embeddings must be floating point, got {embeds.dtype}")
         if embeds.device != self.device:
             raise ValueError(f"embeddings are on {embeds.device} but the model is on {self.device}")
         if embeds.shape[1] + extra > self.model.config.n_positions:
@@ -147,7 +149,10 @@ class LMGenerator:
         (no ``inference_mode`` here).
         """
         self._check_embeds(prompt_embeds, prefix.shape[1])
-        x = torch.cat([prompt_embeds, self.model.transformer.wte(prefix.to(self.device))], dim=1)
+        if prefix.ndim != 2 or prefix.shape[0] != prompt_embeds.shape[0]:
+            raise ValueError(f"prefix must be [B={prompt_embeds.shape[0]}, t] token ids, got shape {tuple(prefix.shape)}")
+        wte = self.model.transformer.wte
+        x = torch.cat([prompt_embeds.to(wte.weight.dtype), wte(prefix.to(self.device))], dim=1)
         return self.model(inputs_embeds=x).logits[:, -1].float()
 
     def next_token(self, prompt_embeds: Tensor, prefix: Tensor) -> Tensor:
@@ -165,14 +170,19 @@ class LMGenerator:
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
     def __call__(self, embeddings: Tensor, generator: torch.Generator) -> Tensor:
-        """Continuations ``[B, T]`` (int64) of prompt embeddings ``[B, k, d]``, one KV-cached pass per step."""
+        """Continuations ``[B, T]`` (int64) of prompt embeddings ``[B, k, d]``, one KV-cached pass per step.
+
+        Embeddings are cast to the model's dtype. In ``"sample"`` mode every token is drawn with
+        ``torch.multinomial(..., generator=generator)``; greedy decoding ignores ``generator``.
+        """
         self._check_embeds(embeddings, self.steps - 1)
         if self.mode == "sample" and generator.device.type != self.device.type:
             raise ValueError(f"generator is on {generator.device} but the model runs on {self.device}")
         out = torch.empty((embeddings.shape[0], self.steps), dtype=torch.long, device=self.device)
         cache = {_CACHE_KWARG: DynamicCache()}  # filled in place by every forward pass
         with torch.inference_mode():
-            logits = self.model(inputs_embeds=embeddings, use_cache=True, **cache).logits[:, -1]
+            embeds = embeddings.to(self.model.transformer.wte.weight.dtype)
+            logits = self.model(inputs_embeds=embeds, use_cache=True, **cache).logits[:, -1]
             for step in range(self.steps):
                 out[:, step] = self._pick(logits, generator)
                 if step + 1 < self.steps:
