@@ -6,10 +6,15 @@ Training presets
 parameters (read by :mod:`smoothgen.models.train`). ``steps`` counts optimizer steps.
 
 - ``smoke``: tiny models, a few steps, evaluation on small subsets: seconds on a CPU (tests).
-- ``cpu``: the architectures SmoothGen ships; runs on 2 CPU cores within about 2 h (diffusion),
-  40 min (LM) and 40 min (each classifier). The shipped weights use these architectures,
-  possibly trained longer on a GPU; each model card records the preset, the overrides
-  (e.g. ``steps``) and the hardware.
+- ``cpu``: the architectures SmoothGen ships; on 2 quiet CPU cores (estimated from step times
+  scaled to the platform notes' reference timings) about 1.5–2 h for the diffusion model
+  (15,000 steps of 64 images), 40 min for the LM (3,600 steps of 16×128 tokens, ≈ 8 epochs) and
+  25 min per classifier (7,800 steps of 256 images = 40 epochs). The shipped weights use these
+  architectures, trained on a GPU (diffusion and LM with larger batches / more steps, the
+  classifiers with this recipe, in bf16 autocast); each model card records the preset, the
+  overrides and the hardware.
+  On a *shared* 2-core machine run with ``OMP_NUM_THREADS=1``: two OpenMP threads competing with
+  other processes slow small convolutions down many-fold.
 - ``gpu``: larger models for users with a GPU (not shipped).
 
 Use :func:`get_train_preset` to read one with overrides.
@@ -65,7 +70,7 @@ TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "cpu": {
             "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 128, "dropout": 0.2,
-            "batch_size": 16, "seq_len": 128, "steps": 4000, "lr": 1e-3, "warmup_steps": 200,
+            "batch_size": 16, "seq_len": 128, "steps": 3600, "lr": 1e-3, "warmup_steps": 200,
             "min_lr_frac": 0.1, "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 450,
             "checkpoint_every": 450, "eval_tokens": None, "storage_dtype": "float16",
         },
@@ -83,9 +88,9 @@ TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "checkpoint_every": 2, "eval_samples": 256,
         },
         "cpu": {
-            "widths": (16, 32, 64, 128), "batch_size": 256, "steps": 2000, "lr": 0.2, "warmup_steps": 200,
+            "widths": (16, 32, 64, 128), "batch_size": 256, "steps": 7800, "lr": 0.2, "warmup_steps": 200,
             "min_lr_frac": 0.0, "weight_decay": 5e-4, "label_smoothing": 0.1, "grad_clip": None,
-            "checkpoint_every": 200, "eval_samples": None,
+            "checkpoint_every": 390, "eval_samples": None,
         },
         "gpu": {
             "widths": (64, 128, 256, 512), "batch_size": 512, "steps": 8000, "lr": 0.4, "warmup_steps": 500,
