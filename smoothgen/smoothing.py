@@ -24,6 +24,7 @@ Engine (shared by every class here)
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -201,6 +202,37 @@ def medoid(samples: Tensor, metric: Metric = l2_distances, chunk_size: int = 256
     return samples[medoid_index(samples, metric, chunk_size)]
 
 
+def suggest_batch_size(base: Generator, c: Tensor, noise: Noise, *, memory_fraction: float = 0.25,
+                       max_batch: int = 8192, probe: int = 8) -> int:
+    """A batch size for ``base`` whose working memory fits ``memory_fraction`` of the free memory.
+
+    One probe call of ``probe`` rows measures the memory per row: on CUDA the peak of
+    ``torch.cuda.max_memory_allocated`` during the call (exact for the caching allocator); on the
+    CPU, where torch keeps no such counter, ``64 ×`` the bytes of one input plus one output row
+    (a stated heuristic for the activations). Free memory is ``torch.cuda.mem_get_info`` or the
+    available physical pages. Returns ``min(max_batch, max(1, ⌊fraction · free / per_row⌋))``.
+    """
+    if not 0.0 < memory_fraction <= 1.0:
+        raise ValueError(f"memory_fraction must lie in (0, 1], got {memory_fraction!r}")
+    c = _prepare_condition(c, noise, None)
+    generator = make_generator(0, c.device)
+    cuda = c.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(c.device)
+        torch.cuda.reset_peak_memory_stats(c.device)
+        start = torch.cuda.memory_allocated(c.device)
+    with torch.inference_mode():
+        inputs = _noisy(c, probe, noise, generator)
+        out = base(inputs, generator)
+    if cuda:
+        per_row = (torch.cuda.max_memory_allocated(c.device) - start) / probe
+        free = torch.cuda.mem_get_info(c.device)[0]
+    else:
+        per_row = 64 * (inputs[0].nbytes + out[0].nbytes)
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(min(max_batch, max(1, memory_fraction * free // max(per_row, 1))))
+
+
 def _collect(batches: Iterator[Tensor], n: int) -> Tensor:
     """Copy a stream of ``[b, *S]`` batches into one preallocated ``[n, *S]`` tensor.
 
@@ -230,7 +262,9 @@ class SmoothedGenerator:
     noise
         A :class:`smoothgen.noise.Noise` (its ``dtype`` is the dtype of the embeddings given to ``base``).
     batch_size
-        Rows per base call (>= 1). See the module docstring for how results depend on it.
+        Rows per base call (>= 1), or ``"auto"``: chosen from the free memory by
+        :func:`suggest_batch_size` at the first call. See the module docstring for how results
+        depend on it.
 
     Raises
     ------
@@ -238,12 +272,18 @@ class SmoothedGenerator:
         If ``base`` is not callable, ``noise`` is not a Noise, or ``batch_size < 1``.
     """
 
-    def __init__(self, base: Generator, noise: Noise, batch_size: int = 64) -> None:
+    def __init__(self, base: Generator, noise: Noise, batch_size: int | str = 64) -> None:
         if not callable(base):
             raise ValueError("base must be callable as base(embeddings, generator)")
         self.base = base
         self.noise = _check_noise(noise)
-        self.batch_size = _check_count("batch_size", batch_size)
+        self.batch_size = batch_size if batch_size == "auto" else _check_count("batch_size", batch_size)
+
+    def _rows(self, c: Tensor) -> int:
+        """The batch size, chosen by :func:`suggest_batch_size` at first use when it is ``"auto"``."""
+        if self.batch_size == "auto":
+            self.batch_size = suggest_batch_size(self.base, c, self.noise)
+        return self.batch_size
 
     def _stream(
         self, c: Tensor, n: int, seed: int, device: DeviceLike, fn: Callable[[Tensor], Any] | None
@@ -256,7 +296,7 @@ class SmoothedGenerator:
     def _batches(
         self, c: Tensor, n: int, generator: torch.Generator, fn: Callable[[Tensor], Any] | None
     ) -> Iterator[Any]:
-        for rows in _batch_sizes(n, self.batch_size):
+        for rows in _batch_sizes(n, self._rows(c)):
             with torch.inference_mode():
                 out = _check_rows(self.base(_noisy(c, rows, self.noise, generator), generator), rows, "base")
                 result = out if fn is None else fn(out)

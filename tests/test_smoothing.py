@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import weakref
 
 import numpy as np
@@ -438,3 +439,23 @@ def test_runs_on_the_requested_device(device: str) -> None:
     assert clf.counts(torch.tensor([0.4, 0.1]), 50, seed=0, device=device).sum() == 50
     decoder = SmoothedGreedyDecoder(toy_next_token, GaussianNoise(0.5), vocab_size=V, batch_size=16)
     assert decoder.decode(robust_prompt(), 3, 10, 50, 0.05, seed=0, device=device).tokens.tolist() == [1, 2, 4]
+
+
+def test_auto_batch_size_fits_memory_and_samples_like_a_fixed_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smoothgen import smoothing
+
+    def base(u: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return u.repeat(1, 4)  # 4x the input width
+
+    noise = GaussianNoise(0.5, event_shape=(8,))
+    c = torch.zeros(8)
+    rows = smoothing.suggest_batch_size(base, c, noise, max_batch=10**9)
+    per_row = 64 * (8 * 4 + 32 * 4)  # the documented CPU heuristic: 64 x (input + output bytes)
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert abs(rows - 0.25 * free // per_row) <= 0.05 * rows  # free memory moves a little between calls
+    monkeypatch.setattr(smoothing.os, "sysconf", lambda name: 1)  # almost no memory: one row at a time
+    auto = SmoothedGenerator(base, noise, batch_size="auto")
+    assert auto.sample(c, 5, seed=3).shape == (5, 32) and auto.batch_size == 1
+    assert torch.equal(auto.sample(c, 5, seed=3), SmoothedGenerator(base, noise, batch_size=1).sample(c, 5, seed=3))
+    with pytest.raises(ValueError, match="memory_fraction"):
+        smoothing.suggest_batch_size(base, c, noise, memory_fraction=0.0)
