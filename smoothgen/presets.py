@@ -138,6 +138,20 @@ _PTB_BASE = {"seed": 0, "device": None, "prompt_len": 5, "steps": 10, "alpha": 0
 _OVERHEAD_SEQUENTIAL = {"alpha": 0.001, "n0": 100, "cert_sigma": 0.25, "decision_r_over_sigma": 1.0, "tol": 0.05}
 _OVERHEAD_MODELS = {"sigma_diffusion": 0.5, "sigma_lm": 0.1, "lm_prompt_len": 8, "lm_tokens": 10}
 
+_ATTACKS_BASE = {
+    "seed": 0, "device": None, "models": "shipped", "random_arch": "smoke", "alpha": 0.001, "violation_z": 2.0,
+    "refine_steps": 2,
+    "toy_dim": 8, "toy_sigma": 0.5, "toy_restarts": 2, "toy_pgd_steps": 20, "toy_n_eot": 64, "toy_n_cert": 20_000,
+    # σ relative to the mean class-embedding norm: the noise's norm is σ·√128 ≈ 11σ, so σ_rel = 0.01 already
+    # perturbs the embedding by ~11 % of its length (σ_rel = 0.03 drops class-consistency below 0.5).
+    "cifar_sigma_rel": 0.01, "cifar_guidance_scale": None, "cifar_restarts": 1,
+    "cifar_radii_rel": [0.005, 0.015, 0.04],
+    "cifar_breakdown_grid_rel": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4],
+    "ptb_prompt_len": 5, "ptb_sigma_rel": 0.02, "ptb_restarts": 1,
+    "ptb_radii_rel": [0.005, 0.02, 0.05],
+    "ptb_breakdown_grid_rel": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4],
+}
+
 STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "01_smoothing_classifiers": {
         "smoke": {"seed": 0, "sigmas": [0.25], "n_images": 3, "stride": 1000, "n0": 10, "n": 50,
@@ -185,6 +199,30 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "gpu": {"seed": 0, "device": None, "models": ["toy", "diffusion", "lm"], "n_values": [256, 1024, 4096, 16384],
                 "batch_size": 1024, "repeats": 3, "threads": None, "diffusion_steps": 20, **_OVERHEAD_MODELS, **_OVERHEAD_SEQUENTIAL, "inputs": 10_000,
                 "n_fixed": 100_000, "p_source": "classifier", "p_images": 500, "p_draws": 10_000},
+    },
+    "06_attacks": {
+        "smoke": {**_ATTACKS_BASE, "toy_trials": 200, "toy_n_cert": 2000, "toy_pgd_steps": 10,
+                  "cifar_classes": [0], "cifar_radii_rel": [0.005, 0.04], "cifar_sample_steps": 2, "cifar_batch_size": 16,
+                  "cifar_n_cert": 16, "cifar_n_pilot": 4, "cifar_n_fresh": 8, "cifar_n_eot": 2, "cifar_pgd_steps": 2,
+                  "cifar_base_noises": 1, "cifar_base_pgd_steps": 2, "cifar_breakdown_grid_rel": [0.005, 0.1],
+                  "ptb_prompts": 1, "ptb_steps": 3, "ptb_radii_rel": [0.005, 0.05], "ptb_n0": 4, "ptb_n": 16,
+                  "ptb_n_eot": 4, "ptb_pgd_steps": 2, "ptb_n_fresh": 16, "ptb_batch_size": 32, "ptb_base_pgd_steps": 2,
+                  "ptb_breakdown_grid_rel": [0.005, 0.1], "refine_steps": 0},
+        "cpu": {**_ATTACKS_BASE, "toy_trials": 1000,
+                "cifar_classes": [3, 8], "cifar_sample_steps": 5,
+                "cifar_batch_size": 64, "cifar_n_cert": 128, "cifar_n_pilot": 8, "cifar_n_fresh": 32, "cifar_n_eot": 4,
+                "cifar_pgd_steps": 4, "cifar_base_noises": 2, "cifar_base_pgd_steps": 8,
+                "ptb_prompts": 5, "ptb_steps": 8, "ptb_n0": 32, "ptb_n": 300,
+                "ptb_n_eot": 32, "ptb_pgd_steps": 10, "ptb_n_fresh": 300, "ptb_batch_size": 400,
+                "ptb_base_pgd_steps": 10},
+        "gpu": {**_ATTACKS_BASE, "toy_trials": 10_000, "toy_restarts": 4, "toy_pgd_steps": 50, "toy_n_cert": 100_000,
+                "cifar_classes": list(range(10)), "cifar_radii_rel": [0.0025, 0.005, 0.01, 0.02, 0.04, 0.08],
+                "cifar_sample_steps": 20, "cifar_batch_size": 500, "cifar_n_cert": 5000, "cifar_n_pilot": 200,
+                "cifar_n_fresh": 2000, "cifar_n_eot": 32, "cifar_pgd_steps": 20, "cifar_restarts": 2,
+                "cifar_base_noises": 8, "cifar_base_pgd_steps": 20, "refine_steps": 4,
+                "ptb_prompts": 100, "ptb_steps": 10, "ptb_n0": 100, "ptb_n": 10_000, "ptb_n_eot": 128,
+                "ptb_pgd_steps": 30, "ptb_restarts": 2, "ptb_n_fresh": 10_000, "ptb_batch_size": 5000,
+                "ptb_base_pgd_steps": 20},
     },
 }
 

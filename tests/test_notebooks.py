@@ -90,5 +90,15 @@ def _check_classifiers(tables: dict[str, pd.DataFrame]) -> None:
         assert curve["certified_accuracy"].is_monotonic_decreasing
 
 
-CHECKS = {"01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,
+def _check_attacks(tables: dict[str, pd.DataFrame]) -> None:
+    t = tables["trials"]
+    assert {"dataset", "certificate", "radius", "achieved", "achieved_stderr", "certified", "violation"} <= set(t.columns)
+    assert set(t["dataset"]) == {"toy-probit", "cifar10", "ptb"}
+    assert (t["achieved_lower"] <= t["achieved"] + 1e-12).all() and not t["violation"].any()
+    toy = t[t["dataset"] == "toy-probit"]
+    assert (toy["achieved"] <= toy["worst_case"] + 1e-12).all()
+    assert set(tables["robustness"]["curve"]) == {"base: broken by PGD", "smoothed: not certified"}
+
+
+CHECKS = {"06_attacks": _check_attacks, "01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,
           "03_cifar10": _check_cifar10, "04_ptb": _check_ptb, "07_overhead": _check_overhead}
