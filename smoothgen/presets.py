@@ -152,6 +152,18 @@ _ATTACKS_BASE = {
     "ptb_breakdown_grid_rel": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4],
 }
 
+_ADAPTIVE_TOY = {"toy_boundaries": [0.0], "toy_sigma_range": [0.01, 10.0], "toy_sigma_points": 301, "toy_kappa": 0.99,
+        "toy_radius": 1.0, "toy_inputs": [-0.5, -0.9, 0.3], "toy_curve_points": 201,
+        "toy_table_sigmas": [1.0, 0.05], "toy_table_inputs": [-0.3, -0.8]}
+
+_ADAPTIVE_CIFAR = ["isotropic", "anisotropic-lowrank", "anisotropic-diagonal", "schedule"]
+_ADAPTIVE_PTB = ["isotropic", "anisotropic-lowrank", "anisotropic-diagonal"]
+
+_ADAPTIVE_BASE = {"seed": 0, "device": None, "guidance_scale": None, "classes": list(range(10)), "alpha": 0.05,
+         "kappa": 0.5, "target_fraction": 0.6, "ptb_tolerance": 0.3, "tv_level": 0.5, "power": 1.0,
+         "max_ratio": 4.0, "is_splits": 2, "gram_oversample": 4, "gram_iters": 1, "prompt_len": 5,
+         "cifar_strategies": _ADAPTIVE_CIFAR, "ptb_strategies": _ADAPTIVE_PTB, **_ADAPTIVE_TOY}
+
 STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "01_smoothing_classifiers": {
         "smoke": {"seed": 0, "sigmas": [0.25], "n_images": 3, "stride": 1000, "n0": 10, "n": 50,
@@ -223,6 +235,29 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "ptb_prompts": 100, "ptb_steps": 10, "ptb_n0": 100, "ptb_n": 10_000, "ptb_n_eot": 128,
                 "ptb_pgd_steps": 30, "ptb_restarts": 2, "ptb_n_fresh": 10_000, "ptb_batch_size": 5000,
                 "ptb_base_pgd_steps": 20},
+    },
+    "05_adaptive_noise": {
+        "smoke": {**_ADAPTIVE_BASE, "models": "tiny", "tasks": ["cifar10", "ptb"], "steps": 2, "classes": [0, 1, 2, 3],
+                  "n_real": 64, "batch_size": 16, "gram_method": "subspace", "gram_draws": 1, "gram_rank": 2,
+                  "ptb_gram_rank": 2, "gram_probes": 2, "gram_max_rows": 16, "target_fraction": 0.5,
+                  "cifar_n_cal": 8, "cifar_n_eval": 8, "cifar_scales": [0.05, 0.2], "cifar_target_radii_rel": [0.001],
+                  "ptb_steps": 4, "n_prompts": 6, "ptb_n_cal": 8, "ptb_n_eval": 8, "ptb_scales": [0.02, 0.05, 0.2],
+                  "ptb_target_radii_rel": [0.0005, 0.002], "toy_sigma_points": 61, "toy_curve_points": 21},
+        "cpu": {**_ADAPTIVE_BASE, "models": "checkpoints", "tasks": ["cifar10", "ptb"], "steps": 10, "n_real": 2000,
+                "batch_size": 80, "gram_method": "sketch", "gram_draws": 1, "gram_rank": 6, "ptb_gram_rank": 16,
+                "gram_probes": 8, "gram_max_rows": 5,
+                "cifar_strategies": ["isotropic", "anisotropic-lowrank", "schedule"], "cifar_n_cal": 24,
+                "cifar_n_eval": 24, "cifar_scales": [0.003, 0.006, 0.0125, 0.025],
+                "cifar_target_radii_rel": [0.0025, 0.005, 0.01, 0.02], "ptb_steps": 10, "n_prompts": 20,
+                "ptb_n_cal": 48, "ptb_n_eval": 48, "ptb_scales": [0.0125, 0.025, 0.05, 0.1],
+                "ptb_target_radii_rel": [0.0025, 0.005, 0.01, 0.02]},
+        "gpu": {**_ADAPTIVE_BASE, "models": "checkpoints", "tasks": ["cifar10", "ptb"], "steps": 20, "alpha": 0.001,
+                "n_real": 10_000, "batch_size": 1000, "is_splits": 5, "gram_method": "subspace", "gram_draws": 8,
+                "gram_rank": 16, "ptb_gram_rank": 32, "gram_iters": 4, "gram_probes": 16, "gram_max_rows": 640,
+                "cifar_n_cal": 1000, "cifar_n_eval": 1000, "cifar_scales": [0.0015, 0.003, 0.006, 0.0125, 0.025, 0.05],
+                "cifar_target_radii_rel": [0.0025, 0.005, 0.01, 0.02, 0.05], "ptb_steps": 10, "n_prompts": 200,
+                "ptb_n_cal": 1000, "ptb_n_eval": 1000, "ptb_scales": [0.00625, 0.0125, 0.025, 0.05, 0.1, 0.2],
+                "ptb_target_radii_rel": [0.0025, 0.005, 0.01, 0.02, 0.05]},
     },
 }
 

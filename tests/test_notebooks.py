@@ -100,5 +100,21 @@ def _check_attacks(tables: dict[str, pd.DataFrame]) -> None:
     assert set(tables["robustness"]["curve"]) == {"base: broken by PGD", "smoothed: not certified"}
 
 
-CHECKS = {"06_attacks": _check_attacks, "01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,
+def _check_adaptive_noise(tables: dict[str, pd.DataFrame]) -> None:
+    ce = tables["counterexample"]
+    naive = ce["mechanism"] == "naive σ(x)"
+    assert (ce.loc[naive, "violation"] > 0).any() and (ce.loc[~naive, "violation"] <= 1e-9).all()
+    look = tables["table_lookup"]
+    sound = (look["lookup"] == "true class") | (look["radius"] < look["margin"])
+    assert (look.loc[sound, "violation"] <= 1e-9).all() and (look.loc[~sound, "violation"] > 0).all()
+    front = tables["frontier"]
+    noisy = front[front["strategy"] != "base (no noise)"]
+    assert (noisy["radius_tv"] <= noisy["radius_tv_volume"] * (1 + 1e-9)).all()
+    assert (front["radius_median"] >= front["radius_min"]).all() and (front["radius_min"] >= 0).all()
+    cal = tables["calibrated"]
+    assert cal["heldout_pass"].dropna().between(0, 1).all() and cal["served"].between(0, 1).all()
+    assert set(tables["sensitivity"]["dataset"]) == {"cifar10", "ptb"}
+
+
+CHECKS = {"05_adaptive_noise": _check_adaptive_noise, "06_attacks": _check_attacks, "01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,
           "03_cifar10": _check_cifar10, "04_ptb": _check_ptb, "07_overhead": _check_overhead}
