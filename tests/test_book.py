@@ -2,12 +2,17 @@
 
 The book must work offline: every page is checked for requests to hosts other than the local
 server, images that do not load, math that MathJax did not render, HTTP errors and console
-errors; the home page's navigation must list every chapter of ``book/_toc.yml``.
+errors; the home page's navigation must list every chapter of ``book/_toc.yml`` (without the
+executed notebooks that are not in ``book/notebooks/``: ``book/_ext/study_notebooks.py`` leaves them
+out of the build, and the test applies the same filter). Chapters must link to their executed
+notebook when it is present and show the "not yet in this build" box otherwise; the model cards
+must render as tables with the checkpoints' data.
 
 Needs the Debian package ``chromium`` (``apt-get install -y chromium``) and the Python package
 ``playwright`` (its own browser download is not used: Chromium is launched from
-``/usr/bin/chromium`` or ``$SMOOTHGEN_CHROMIUM``). Screenshots of the home page and of one
-experiment page go to ``$SMOOTHGEN_ARTIFACTS/book/`` (default ``artifacts/book/`` in the repository).
+``/usr/bin/chromium`` or ``$SMOOTHGEN_CHROMIUM``). Screenshots of the home page, of an experiment
+chapter and of one executed notebook page (when one is present) go to
+``$SMOOTHGEN_ARTIFACTS/book/`` (default ``artifacts/book/`` in the repository).
 The book is built by the test (``jupyter-book build book/ -W -n --keep-going`` into a temporary
 folder) unless ``$SMOOTHGEN_BOOK_HTML`` points at a fresh build.
 """
@@ -15,7 +20,9 @@ folder) unless ``$SMOOTHGEN_BOOK_HTML`` points at a fresh build.
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
+import json
 import os
 import re
 import shutil
@@ -23,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +47,10 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
 BOOK = REPO / "book"
+CHECKPOINTS = REPO / "data" / "checkpoints"
+sys.path.insert(0, str(BOOK / "_ext"))
+from model_cards import load_card  # noqa: E402 (the book's model-card reader)
+from study_notebooks import present_toc  # noqa: E402 (the book's own toc filter)
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -49,7 +61,15 @@ CHROMIUM_ARGS = [
 ]
 THEORY_PAGES = ("classifiers", "generators", "adaptive")
 EXPERIMENT_PAGE = "cifar10"
-SCREENSHOT_PAGES = ("intro", EXPERIMENT_PAGE)
+NOTEBOOK_SHOTS = ("notebooks/03_cifar10", "notebooks/04_ptb", "notebooks/01_smoothing_classifiers",
+                  "notebooks/02_certificates")
+"""Executed notebook pages to screenshot: the first one that exists."""
+MODEL_CARDS = {
+    "classifiers": ("classifier_cifar10", "classifier_cifar10_sigma0.12", "classifier_cifar10_sigma0.25",
+                    "classifier_cifar10_sigma0.50"),
+    "cifar10": ("diffusion_cifar10",),
+    "ptb": ("lm_ptb",),
+}
 LOCAL_HOST = "127.0.0.1"
 
 
@@ -63,6 +83,12 @@ class PageReport:
     failed_requests: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     broken_images: list[str] = field(default_factory=list)
+    model_cards: list[str] = field(default_factory=list)
+    main_links: list[str] = field(default_factory=list)
+    missing_boxes: int = 0
+    main_images: int = 0
+    stderr_outputs: int = 0
+    injected_cells: int = 0
     math_elements: int = 0
     unrendered_math: int = 0
     mathjax_containers: int = 0
@@ -71,9 +97,14 @@ class PageReport:
     nav_links: list[str] = field(default_factory=list)
 
 
+def load_toc(toc_path: Path) -> dict:
+    """A jb-book ``_toc.yml`` as the build sees it: executed notebooks that are absent left out."""
+    return present_toc(yaml.safe_load(toc_path.read_text(encoding="utf-8")), toc_path.parent)
+
+
 def toc_files(toc_path: Path) -> list[str]:
-    """Every file named in a jb-book ``_toc.yml`` (root first), without suffix."""
-    toc = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
+    """Every file the build includes from a jb-book ``_toc.yml`` (root first), without suffix."""
+    toc = load_toc(toc_path)
     files = [toc["root"]]
 
     def walk(entries: list[dict]) -> None:
@@ -86,6 +117,29 @@ def toc_files(toc_path: Path) -> list[str]:
         walk(part.get("chapters", []))
     walk(toc.get("chapters", []))
     return [str(Path(f).with_suffix("")) for f in files]
+
+
+def chapter_notebooks(toc_path: Path) -> dict[str, str]:
+    """Chapter -> its executed-notebook section (``notebooks/...``), from the unfiltered toc."""
+    toc = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
+    found = {}
+    for part in toc.get("parts", []):
+        for chapter in part.get("chapters", []):
+            for section in chapter.get("sections", []):
+                if str(section.get("file", "")).startswith("notebooks/"):
+                    found[chapter["file"]] = section["file"]
+    return found
+
+
+def screenshot_pages(html_dir: Path) -> tuple[str, ...]:
+    """The home page, the experiment chapter and the first executed notebook page that exists."""
+    notebooks = [n for n in NOTEBOOK_SHOTS if (html_dir / f"{n}.html").exists()]
+    return ("intro", EXPERIMENT_PAGE, *notebooks[:1])
+
+
+def shot_path(name: str) -> Path:
+    """Where the screenshot of page ``name`` goes (``notebooks/x`` -> ``notebooks_x.png``)."""
+    return artifacts_dir() / f"{name.replace('/', '_')}.png"
 
 
 def jupyter_book_executable() -> str:
@@ -139,6 +193,13 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
         return
 
+    def handle(self) -> None:
+        """Serve, ignoring clients that hang up first (a closed page's late favicon request)."""
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
 
 def chromium_path() -> str:
     """The system Chromium; fail (not skip) with the install command when it is missing."""
@@ -169,6 +230,12 @@ async () => {
   clone.querySelectorAll('pre, code, mjx-container, script').forEach(e => e.remove());
   const text = clone.textContent;
   return {
+    model_cards: Array.from(document.querySelectorAll('table.model-card')).map(t => t.textContent),
+    main_links: Array.from(main.querySelectorAll('a.reference.internal')).map(a => a.getAttribute('href')),
+    missing_boxes: main.querySelectorAll('.study-notebook-missing').length,
+    main_images: main.querySelectorAll('img').length,
+    stderr_outputs: main.querySelectorAll('.output.stderr').length,
+    injected_cells: main.querySelectorAll('.tag_injected-parameters').length,
     broken_images: Array.from(document.images)
       .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.currentSrc || i.src),
     math_elements: math.length,
@@ -190,7 +257,7 @@ def redirect_target(html_file: Path) -> str | None:
     return found.group(1) if found else None
 
 
-def visit(browser: Browser, url: str, name: str, redirect: str | None) -> PageReport:
+def visit(browser: Browser, url: str, name: str, redirect: str | None, shoot: bool) -> PageReport:
     """Open one page in a fresh browser context, let MathJax finish, record what the checks need."""
     report = PageReport(name=name)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -207,8 +274,8 @@ def visit(browser: Browser, url: str, name: str, redirect: str | None) -> PageRe
     page.wait_for_timeout(300)  # late requests (the favicon) and their console messages
     for key, value in probe.items():
         setattr(report, key, value)
-    if name in SCREENSHOT_PAGES:
-        shot = artifacts_dir() / f"{name}.png"
+    if shoot:
+        shot = shot_path(name)
         page.screenshot(path=str(shot), full_page=True)
         print(f"screenshot: {shot}")
     context.close()
@@ -216,8 +283,10 @@ def visit(browser: Browser, url: str, name: str, redirect: str | None) -> PageRe
 
 
 def site_pages(html_dir: Path) -> list[str]:
-    """Every top-level HTML page of the build, without suffix (chapters, index, search, ...)."""
-    return sorted(p.stem for p in html_dir.glob("*.html"))
+    """Every HTML page of the build, without suffix (chapters, notebooks/..., index, search, ...);
+    Sphinx's own folders (``_static``, ``_sources``, ...) are not pages."""
+    pages = (p.relative_to(html_dir).with_suffix("") for p in html_dir.rglob("*.html"))
+    return sorted(p.as_posix() for p in pages if not any(part.startswith("_") for part in p.parts))
 
 
 @pytest.fixture(scope="module")
@@ -229,13 +298,14 @@ def reports(html_dir: Path, base_url: str) -> dict[str, PageReport]:
         pytest.fail("the Python package playwright is missing: pip install playwright "
                     "(only the package; the system Chromium is used)")
     executable = chromium_path()
-    for name in SCREENSHOT_PAGES:  # no stale screenshot may pass for this run's
-        (artifacts_dir() / f"{name}.png").unlink(missing_ok=True)
+    shots = screenshot_pages(html_dir)
+    for name in shots:  # no stale screenshot may pass for this run's
+        shot_path(name).unlink(missing_ok=True)
     start = time.perf_counter()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         found = {name: visit(browser, f"{base_url}{name}.html", name,
-                             redirect_target(html_dir / f"{name}.html"))
+                             redirect_target(html_dir / f"{name}.html"), name in shots)
                  for name in site_pages(html_dir)}
         browser.close()
     print(f"pages checked ({len(found)}, {time.perf_counter() - start:.1f} s): {', '.join(found)}")
@@ -263,6 +333,12 @@ def test_every_request_succeeds(reports: dict[str, PageReport]) -> None:
     assert not bad, f"requests that failed: {bad}"
 
 
+def test_favicon_is_served(base_url: str) -> None:
+    """Browsers ask for /favicon.ico on pages without an icon link (the redirecting index.html)."""
+    with urllib.request.urlopen(f"{base_url}favicon.ico", timeout=10) as response:
+        assert response.status == 200 and len(response.read()) > 100
+
+
 def test_every_image_loads(reports: dict[str, PageReport]) -> None:
     broken = {n: r.broken_images for n, r in reports.items() if r.broken_images}
     assert not broken, f"images with naturalWidth 0: {broken}"
@@ -287,12 +363,86 @@ def test_no_console_errors(reports: dict[str, PageReport]) -> None:
 
 def test_navigation_lists_every_chapter(reports: dict[str, PageReport]) -> None:
     root, *chapters = toc_files(BOOK / "_toc.yml")
-    linked = {Path(href.split("#")[0]).stem for href in reports[root].nav_links}
+    linked = {Path(href.split("#")[0]).with_suffix("").as_posix() for href in reports[root].nav_links}
     missing = [c for c in chapters if c not in linked]
     assert not missing, f"chapters missing from the navigation of {root}.html: {missing}"
 
 
-def test_screenshots_are_saved(reports: dict[str, PageReport]) -> None:
-    for name in SCREENSHOT_PAGES:
-        shot = artifacts_dir() / f"{name}.png"
+def test_screenshots_are_saved(html_dir: Path, reports: dict[str, PageReport]) -> None:
+    for name in screenshot_pages(html_dir):
+        shot = shot_path(name)
         assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot of {name} at {shot}"
+
+
+def test_chapters_point_to_their_notebooks(reports: dict[str, PageReport]) -> None:
+    """A chapter links to its executed notebook when present, else it shows the warning box."""
+    wrong = {}
+    for chapter, notebook in chapter_notebooks(BOOK / "_toc.yml").items():
+        report, present = reports[chapter], (BOOK / f"{notebook}.ipynb").exists()
+        linked = f"{notebook}.html" in {href.split("#")[0] for href in report.main_links}
+        ok = (linked and report.missing_boxes == 0) if present else (not linked and report.missing_boxes == 1)
+        if not ok:
+            wrong[chapter] = {"notebook present": present, "linked": linked, "boxes": report.missing_boxes}
+        if present and notebook not in reports:
+            wrong[notebook] = "executed notebook present but its page was not built"
+    assert not wrong, f"chapters that do not match their notebooks: {wrong}"
+
+
+def test_notebook_pages_show_results(reports: dict[str, PageReport]) -> None:
+    """Executed notebooks show figures, no stderr (progress bars) and no injected-parameters cell."""
+    pages = {n: r for n, r in reports.items() if n.startswith("notebooks/")}
+    bad = {n: {"images": r.main_images, "stderr outputs": r.stderr_outputs, "injected cells": r.injected_cells}
+           for n, r in pages.items() if r.main_images == 0 or r.stderr_outputs or r.injected_cells}
+    assert not bad, f"notebook pages that do not render as results: {bad}"
+
+
+def test_model_cards_render(reports: dict[str, PageReport]) -> None:
+    """Each model card is a table with the checkpoint's name, size, data, hardware, sha256, metrics."""
+    for page, names in MODEL_CARDS.items():
+        tables = reports[page].model_cards
+        assert len(tables) == len(names), f"{page}: {len(tables)} model-card tables, expected {len(names)}"
+        for name, text in zip(names, tables):
+            card = json.loads((CHECKPOINTS / f"{name}.json").read_text(encoding="utf-8"))
+            expected = [f"Model card of {name}", card["sha256"], f"{card['parameters']:,}", card["data_variant"],
+                        card["hardware"], f"{card['wall_time_s']:.1f} s", *(f"Metric: {k}" for k in card["metrics"])]
+            missing = [e for e in expected if e not in text]
+            assert not missing, f"{page}: the card of {name} lacks {missing}"
+
+
+def test_present_toc_drops_only_absent_notebooks(tmp_path: Path) -> None:
+    """The toc filter keeps present notebooks and every non-notebook entry, and drops empty sections."""
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "01_a.ipynb").write_text("{}", encoding="utf-8")
+    toc = {"format": "jb-book", "root": "intro", "parts": [{"caption": "c", "chapters": [
+        {"file": "a", "sections": [{"file": "notebooks/01_a"}]},
+        {"file": "b", "sections": [{"file": "notebooks/02_b"}]},
+        {"file": "c", "sections": [{"file": "notebooks/03_c"}, {"file": "missing_page"}]}]}]}
+    chapters = present_toc(toc, tmp_path)["parts"][0]["chapters"]
+    assert chapters == [{"file": "a", "sections": [{"file": "notebooks/01_a"}]}, {"file": "b"},
+                        {"file": "c", "sections": [{"file": "missing_page"}]}]
+    assert toc["parts"][0]["chapters"][1]["sections"] == [{"file": "notebooks/02_b"}], "input was modified"
+    with pytest.raises(ValueError, match="root"):
+        present_toc({"parts": []}, tmp_path)
+
+
+def test_load_card_checks_the_weights(tmp_path: Path) -> None:
+    """A shipped card loads; a wrong name, a missing field or changed weights are refused."""
+    card = load_card(CHECKPOINTS, "lm_ptb")
+    assert card["name"] == "lm_ptb"
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"weights")
+    good = {**card, "name": "m", "file": weights.name, "sha256": hashlib.sha256(b"weights").hexdigest()}
+    (tmp_path / "m.json").write_text(json.dumps(good), encoding="utf-8")
+    assert load_card(tmp_path, "m")["sha256"] == good["sha256"]
+    with pytest.raises(ValueError, match="no model card"):
+        load_card(tmp_path, "absent")
+    (tmp_path / "other.json").write_text(json.dumps(good), encoding="utf-8")
+    with pytest.raises(ValueError, match="names the model 'm'"):
+        load_card(tmp_path, "other")
+    (tmp_path / "m.json").write_text(json.dumps({k: v for k, v in good.items() if k != "seed"}), encoding="utf-8")
+    with pytest.raises(ValueError, match="lacks \\['seed'\\]"):
+        load_card(tmp_path, "m")
+    (tmp_path / "m.json").write_text(json.dumps(good), encoding="utf-8")
+    weights.write_bytes(b"changed")
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        load_card(tmp_path, "m")
