@@ -65,6 +65,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from smoothgen.results import repo_root
+
 __all__ = [
     "CIFAR10",
     "PTB",
@@ -152,7 +154,7 @@ def data_root(root: PathLike | None = None) -> Path:
     env = os.environ.get("SMOOTHGEN_DATA")
     if env:
         return Path(env).expanduser().resolve()
-    return Path(__file__).resolve().parent.parent / "data"
+    return repo_root() / "data"
 
 
 def cache_dir() -> Path:

@@ -18,10 +18,9 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-import ot
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,6 +55,13 @@ Images = Tensor
 FeatureFn = Callable[[Tensor], Tensor]
 TokenSeqs = Tensor | Sequence[Sequence[int]]
 GroundMetric = Literal["pixel-l2", "feature-l2", "token-edit"]
+
+
+def _ot() -> Any:
+    """POT, imported on first use: only the W₁ functions need it, and it is a heavy import."""
+    import ot
+
+    return ot
 
 
 @dataclass(frozen=True)
@@ -700,7 +706,7 @@ def _euclidean_cost(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"point sets differ in dimension: {x.shape[1]} vs {y.shape[1]}")
     centre = np.concatenate([x, y]).mean(axis=0)
-    return ot.dist(x - centre, y - centre, metric="euclidean")
+    return _ot().dist(x - centre, y - centre, metric="euclidean")
 
 
 def _check_exact_size(n: int, m: int) -> None:
@@ -722,7 +728,7 @@ def _emd_cost(cost: np.ndarray | Tensor, num_itermax: int | None) -> tuple[objec
         a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="numItermax reached")
-        value, log = ot.emd2(a, b, cost, numItermax=itermax, log=True)
+        value, log = _ot().emd2(a, b, cost, numItermax=itermax, log=True)
     if log["result_code"] != 1:
         raise RuntimeError(
             f"ot.emd2 did not reach an optimal plan ({log['warning']}); raise num_itermax (was {itermax})"
@@ -737,7 +743,7 @@ def _sliced_w1(x: np.ndarray, y: np.ndarray, n_projections: int, seed: int) -> f
         raise ValueError(f"n_projections must be a positive int, got {n_projections!r}")
     theta = np.random.default_rng(seed).standard_normal((x.shape[1], n_projections))
     theta /= np.linalg.norm(theta, axis=0, keepdims=True)
-    return float(ot.sliced_wasserstein_distance(x, y, p=1, projections=theta))
+    return float(_ot().sliced_wasserstein_distance(x, y, p=1, projections=theta))
 
 
 def wasserstein1(

@@ -32,7 +32,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from smoothgen.results import atomic_write_bytes, git_commit, write_json
+from smoothgen.results import atomic_write_bytes, git_commit, repo_root, write_json
 
 __all__ = [
     "CARD_KEYS",
@@ -72,7 +72,7 @@ def checkpoint_root(root: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get("SMOOTHGEN_CHECKPOINTS")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "data" / "checkpoints"
+    return repo_root() / "data" / "checkpoints"
 
 
 def train_hint(name: str) -> str:

@@ -30,6 +30,7 @@ from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from smoothgen.data import load_cifar10, load_ptb
+from smoothgen.metrics import class_consistency
 from smoothgen.models.checkpoints import CheckpointError, hardware_description, read_card, write_card
 from smoothgen.models.classifier import CifarResNet, FeatureExtractor, accuracy, load_classifier
 from smoothgen.models.diffusion import DiffusionGenerator, load_diffusion
@@ -84,18 +85,10 @@ def balanced_samples(gen: DiffusionGenerator, n: int, seed: int, batch: int) -> 
     return torch.cat(images), labels
 
 
-def _class_consistency(evaluator: CifarResNet, images: Tensor, labels: Tensor, batch: int) -> float:
-    device = next(evaluator.parameters()).device
-    with torch.inference_mode():
-        preds = torch.cat([evaluator(images[i : i + batch].to(device)).argmax(1).cpu()
-                           for i in range(0, images.shape[0], batch)])
-    return float((preds == labels).double().mean())
-
-
 def _diffusion_scores(gen: DiffusionGenerator, evaluator: CifarResNet, fid: EvaluatorFID, n: int, seed: int,
                       batch: int) -> dict[str, float]:
     images, labels = balanced_samples(gen, n, seed, batch)
-    return {"guidance_scale": gen.guidance_scale, "class_consistency": _class_consistency(evaluator, images, labels, batch),
+    return {"guidance_scale": gen.guidance_scale, "class_consistency": class_consistency(images, labels, evaluator, batch_size=batch),
             "fid_evaluator_features": fid.score(images), "samples": int(labels.numel())}
 
 
