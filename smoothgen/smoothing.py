@@ -132,6 +132,21 @@ def _noisy(c: Tensor, rows: int, noise: Noise, generator: torch.Generator) -> Te
     return noise.sample_(buf, generator).add_(c)
 
 
+def sample_base(base: Generator, c: Tensor, n: int, seed: int, batch_size: int = 64) -> Tensor:
+    """``n`` outputs of the **unsmoothed** base at the fixed condition ``c`` (the σ = 0 reference).
+
+    ``base(c repeated b times, g)`` over batches of ``batch_size`` rows, one generator seeded
+    ``seed`` on ``c``'s device driving the base's own randomness, under ``torch.inference_mode``.
+    """
+    _check_count("n", n)
+    _check_count("batch_size", batch_size)
+    generator = make_generator(seed, c.device)
+    with torch.inference_mode():
+        batches = [_check_rows(base(c.expand(rows, *c.shape), generator), rows, "the base")
+                   for rows in _batch_sizes(n, batch_size)]
+    return torch.cat(batches)
+
+
 def _check_rows(out: Tensor, rows: int, who: str) -> Tensor:
     if not isinstance(out, Tensor) or out.ndim < 1 or out.shape[0] != rows:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__

@@ -7,15 +7,18 @@ except for the book's preset (:data:`BOOK_PRESET`), whose executed copies go to
 A run is *resumable*: a notebook whose inputs (its source, the parameters, the library's source
 and the checkpoint cards) hash to the stamp of its last successful run is skipped. A failing
 notebook stops the run with its error; results of earlier notebooks stay as they are.
+Kernels start with :data:`KERNEL_ENV` (progress bars off inside the executed copies: the runner
+shows its own) unless the caller's environment sets those variables.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ from smoothgen.results import repo_root, results_dir, write_json
 STAMP = ".stamp.json"
 BOOK_PRESET = "cpu"
 """The preset whose executed notebooks the book shows."""
+KERNEL_ENV = {"TQDM_DISABLE": "1"}
+"""Environment defaults of the notebook kernels."""
 
 
 def notebook_dir() -> Path:
@@ -70,6 +75,18 @@ def executed_path(notebook: Path, preset: str, out_dir: Path, results_root: Path
     return out_dir / notebook.name
 
 
+@contextlib.contextmanager
+def kernel_environment(defaults: dict[str, str]) -> Iterator[None]:
+    """Set ``defaults`` in ``os.environ`` (where not already set) while a kernel starts, then restore."""
+    added = {k: v for k, v in defaults.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None = None,
                  force: bool = False, results_root: Path | None = None) -> dict[str, Any]:
     """Execute one notebook with papermill unless its stamp says its inputs are unchanged.
@@ -89,8 +106,9 @@ def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None =
     start = time.perf_counter()
     tmp = out_dir / f".{notebook.stem}.running.ipynb"
     try:
-        papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, cwd=str(notebook.parent),
-                                   progress_bar=False, kernel_name="python3")
+        with kernel_environment(KERNEL_ENV):
+            papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, cwd=str(notebook.parent),
+                                       progress_bar=False, kernel_name="python3")
     except BaseException:
         if tmp.exists():  # keep the failed run for inspection, never as a result
             tmp.replace(out_dir / f"{notebook.stem}.failed.ipynb")

@@ -518,21 +518,27 @@ def test_interval_toy_probabilities_are_exact() -> None:
         cal.IntervalToy((1.0, 0.0))
 
 
-def test_per_step_diffusion_with_shared_draw_reproduces_the_adapter() -> None:
-    """The experiment's per-step DDIM loop, fed one embedding repeated T times, is the adapter itself."""
-    from smoothgen.experiments.calibration import PerStepDiffusion
+def test_per_step_diffusion_conditioning() -> None:
+    """The adapter's per-step hook: T identical rows (the shared draw) reproduce the [B, E] call
+    exactly, a different embedding at one step changes the images, wrong shapes are refused."""
     from smoothgen.models.diffusion import ClassConditionalUNet, DiffusionConfig, DiffusionGenerator
 
     torch.manual_seed(0)  # weight init of the tiny model only
     config = DiffusionConfig(block_out_channels=(8, 8, 8), norm_num_groups=8, num_train_timesteps=50)
-    model = ClassConditionalUNet(config)
-    gen = DiffusionGenerator(model, steps=3, guidance_scale=2.0)
-    per_step = PerStepDiffusion(gen)
+    gen = DiffusionGenerator(ClassConditionalUNet(config), steps=3, guidance_scale=2.0)
+    assert gen.num_steps == 3
     emb = gen.conditions()[:2]
-    shared = cal.SharedDraw(per_step, per_step.steps)(emb, torch.Generator().manual_seed(5))
-    torch.testing.assert_close(shared, gen(emb, torch.Generator().manual_seed(5)))
-    with pytest.raises(ValueError, match="per-step"):
-        per_step(emb, torch.Generator())
+    shared = cal.SharedDraw(gen, gen.num_steps)(emb, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(shared, gen(emb, torch.Generator().manual_seed(5)), rtol=0, atol=0)
+    per_step = cal.per_step_condition(emb[0], gen.num_steps).unsqueeze(0).clone()
+    per_step[0, 1] = gen.conditions()[5]
+    moved = gen(per_step, torch.Generator().manual_seed(5))
+    assert float((moved - shared[:1]).abs().max()) > 1e-4
+    x_t = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(gen.sample_from_noise(per_step, x_t), moved)
+    for bad in (torch.zeros(2, 4, 32), torch.zeros(2, 3, 31), torch.zeros(2, 32, 3), torch.zeros(32)):
+        with pytest.raises(ValueError, match="per-step"):
+            gen(bad, torch.Generator())
 
 
 def test_sketch_gram_is_unbiased_and_finds_the_top_subspace() -> None:

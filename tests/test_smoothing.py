@@ -25,6 +25,7 @@ from smoothgen.smoothing import (
     l2_distances,
     medoid,
     medoid_index,
+    sample_base,
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -96,6 +97,18 @@ def test_base_called_in_batches_with_noisy_float_embeddings() -> None:
     assert base.calls == [16, 16, 5]
     assert all(u.dtype == torch.float32 and u.shape[1:] == (3,) for u in base.inputs)
     assert not torch.equal(base.inputs[0][0], base.inputs[0][1])
+
+
+def test_sample_base_is_the_unsmoothed_batched_computation() -> None:
+    _, base, c = toy()
+    got = sample_base(base, c, 20, seed=11, batch_size=8)
+    assert base.calls == [8, 8, 4] and all(torch.equal(u[0], c) and torch.equal(u[-1], c) for u in base.inputs)
+    g = make_generator(11, "cpu")
+    want = torch.cat([c @ base.a.T + base.s * torch.randn((rows, 2), generator=g) for rows in (8, 8, 4)])
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for bad in ({"n": 0}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match="must be an int >= 1"):
+            sample_base(base, c, **{"n": 4, "seed": 0, "batch_size": 2, **bad})
 
 
 def test_map_reduce_streams_in_batches_and_matches_sample() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -42,6 +43,20 @@ def test_runs_then_skips_then_reruns_on_change(fake_repo: Path) -> None:
     _notebook(nb, "print('changed')")
     assert study.run_study("smoke", overrides={"x": 2})[0]["skipped"] is False
     assert study.run_study("smoke", overrides={"x": 2}, force=True)[0]["skipped"] is False
+
+
+def test_kernels_start_without_progress_bars_and_environment_is_restored(
+        fake_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    _notebook(fake_repo / "notebooks" / "01_env.ipynb", "import os\nprint(os.environ.get('TQDM_DISABLE'))")
+    study.run_study("smoke")
+    executed = nbformat.read(fake_repo / "results" / "01_env" / "smoke" / "01_env.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["text"].strip() == "1"
+    assert "TQDM_DISABLE" not in os.environ
+    monkeypatch.setenv("TQDM_DISABLE", "0")  # the caller's choice wins
+    study.run_study("smoke", force=True)
+    executed = nbformat.read(fake_repo / "results" / "01_env" / "smoke" / "01_env.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["text"].strip() == "0"
 
 
 def test_failure_stops_and_keeps_earlier_results(fake_repo: Path) -> None:

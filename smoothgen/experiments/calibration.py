@@ -29,9 +29,8 @@ the per-class table chooses one σ per held-out condition from that condition's 
 stream. Everything is then evaluated on the held-out conditions with fresh samples (evaluation
 stream): quality, and the fraction of held-out conditions whose certificate meets the target.
 
-The diffusion adapter has no per-step conditioning hook yet; :class:`PerStepDiffusion` is the
-experiment's own DDIM loop with one embedding per step (same scheduler, guidance and clamping as
-``DiffusionGenerator``).
+The noise schedule across denoising steps feeds the diffusion adapter per-step embeddings
+``[B, T, E]`` (one noisy condition per DDIM step).
 """
 
 from __future__ import annotations
@@ -59,46 +58,9 @@ from smoothgen.models.evaluation import EvaluatorFID
 from smoothgen.models.lm import LMConfig, LMGenerator, build_lm, load_lm
 from smoothgen.models.training import seeded_global_rng
 from smoothgen.runtime import make_generator, resolve_device
-from smoothgen.smoothing import SmoothedGenerator, derive_seed
+from smoothgen.smoothing import SmoothedGenerator, derive_seed, sample_base
 
 EXPERIMENT = "05_adaptive_noise"
-
-
-# ============================================================================================
-# Per-step diffusion sampler
-# ============================================================================================
-class PerStepDiffusion:
-    """DDIM sampling with one condition embedding per step: ``embeddings[B, T, E]`` → images.
-
-    Step ``i`` of the sampler uses ``embeddings[:, i]``; everything else (``x_T`` from the
-    generator, guidance with the unnoised null embedding, ``eta = 0``, clamping) is as in
-    :class:`~smoothgen.models.diffusion.DiffusionGenerator`, so identical rows reproduce it exactly.
-    """
-
-    def __init__(self, diffusion: DiffusionGenerator) -> None:
-        self.diffusion = diffusion
-        self.steps = len(diffusion.scheduler.timesteps)
-
-    def _guided(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        gen = self.diffusion
-        if gen.guidance_scale == 1.0:
-            return gen.model(x, t, cond)
-        null = gen.null_embedding.to(cond).expand_as(cond)
-        out_c, out_u = gen.model(torch.cat([x, x]), t, torch.cat([cond, null])).chunk(2)
-        return out_u + gen.guidance_scale * (out_c - out_u)
-
-    def __call__(self, embeddings: Tensor, generator: torch.Generator) -> Tensor:
-        if embeddings.ndim != 3 or embeddings.shape[1] != self.steps:
-            raise ValueError(f"per-step embeddings must be [B, T={self.steps}, E], got {tuple(embeddings.shape)}")
-        gen = self.diffusion
-        dtype = gen.model.class_embedding.weight.dtype  # as the adapter: noise is cast to the model's dtype
-        with torch.inference_mode():
-            x = torch.randn((embeddings.shape[0], 3, 32, 32), generator=generator, device=gen.device, dtype=dtype)
-            embeddings = embeddings.to(dtype)
-            for i, t in enumerate(gen.scheduler.timesteps):
-                out = self._guided(x, t.to(x.device), embeddings[:, i])
-                x = gen.scheduler.step(out, t, x, eta=0.0).prev_sample
-            return ((x.clamp(-1.0, 1.0) + 1.0) / 2.0).to(torch.float32)
 
 
 # ============================================================================================
@@ -217,9 +179,6 @@ class CifarSampler:
     conditions: Tensor
     batch_size: int
 
-    def __post_init__(self) -> None:
-        self.per_step = PerStepDiffusion(self.diffusion)
-
     def _cell(self, images: Tensor, k: int, sigma_cert: float) -> Cell:
         with torch.inference_mode():
             labels = self.evaluator(images.to(self.diffusion.device)).argmax(1).cpu()
@@ -228,16 +187,14 @@ class CifarSampler:
     def sample(self, cert: cal.NoiseCertificate, k: int, n: int, seed: int) -> Cell:
         """``n`` images of class ``k`` smoothed by ``cert.noise`` (per-step base for a schedule)."""
         per = cert.kind == "tv-schedule"
-        cond = cal.per_step_condition(self.conditions[k], self.per_step.steps) if per else self.conditions[k]
-        base = self.per_step if per else self.diffusion
-        return self._cell(SmoothedGenerator(base, cert.noise, self.batch_size).sample(cond, n, seed).cpu(), k,
+        cond = cal.per_step_condition(self.conditions[k], self.diffusion.num_steps) if per else self.conditions[k]
+        return self._cell(SmoothedGenerator(self.diffusion, cert.noise, self.batch_size).sample(cond, n, seed).cpu(), k,
                           cert.sigma_cert)
 
     def base(self, k: int, n: int, seed: int) -> Cell:
         """``n`` images of class ``k`` from the unsmoothed model."""
-        g = make_generator(seed, self.diffusion.device)
-        images = [self.diffusion(self.conditions[k].expand(b, -1), g) for b in _chunks(n, self.batch_size)]
-        return self._cell(torch.cat(images).cpu(), k, math.inf)
+        images = sample_base(self.diffusion, self.conditions[k], n, seed, self.batch_size)
+        return self._cell(images.cpu(), k, math.inf)
 
 
 def cifar_task(params: dict[str, Any], device: torch.device) -> Task:
@@ -248,7 +205,7 @@ def cifar_task(params: dict[str, Any], device: torch.device) -> Task:
     geometry = diffusion.embedding_geometry()
     sampler = CifarSampler(diffusion, evaluator, diffusion.conditions(), params["batch_size"])
     calibration, heldout = _split(params["classes"])
-    unit, steps, shape = geometry["mean_norm"], sampler.per_step.steps, (diffusion.embedding_dim,)
+    unit, steps, shape = geometry["mean_norm"], diffusion.num_steps, (diffusion.embedding_dim,)
     clock = Stopwatch()
     gram = diffusion_gram(diffusion, sampler.conditions[calibration], params)
     strategies = _pick({
@@ -271,10 +228,6 @@ def _pick(strategies: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
     if unknown or "isotropic" not in names:
         raise ValueError(f"strategies must include 'isotropic' and come from {sorted(strategies)}; got {list(names)}")
     return {name: strategies[name] for name in names}
-
-
-def _chunks(n: int, size: int) -> list[int]:
-    return [min(size, n - i) for i in range(0, n, size)]
 
 
 # ============================================================================================

@@ -32,8 +32,8 @@ from smoothgen.experiments.common import StudyResult, Stopwatch, finish
 from smoothgen.models.classifier import load_classifier
 from smoothgen.models.diffusion import DiffusionGenerator, load_diffusion
 from smoothgen.noise import GaussianNoise
-from smoothgen.runtime import make_generator, resolve_device
-from smoothgen.smoothing import SmoothedGenerator, medoid
+from smoothgen.runtime import resolve_device
+from smoothgen.smoothing import SmoothedGenerator, medoid, sample_base
 
 EXPERIMENT = "03_cifar10"
 PIXELS = 3 * 32 * 32
@@ -53,15 +53,9 @@ def draw(diffusion: DiffusionGenerator, condition: torch.Tensor, sigma: float, n
          batch_size: int) -> torch.Tensor:
     """``n`` images at ``condition``: smoothed with ``GaussianNoise(σ)``, or the base itself for ``σ = 0``."""
     if sigma == 0:
-        generator = make_generator(seed, diffusion.device)
-        batches = [diffusion(condition.expand(b, -1), generator) for b in _chunks(n, batch_size)]
-        return torch.cat(batches).cpu()
+        return sample_base(diffusion, condition, n, seed, batch_size).cpu()
     smoothed = SmoothedGenerator(diffusion, GaussianNoise(sigma, event_shape=condition.shape), batch_size)
     return smoothed.sample(condition, n, seed=seed).cpu()
-
-
-def _chunks(n: int, size: int) -> list[int]:
-    return [min(size, n - i) for i in range(0, n, size)]
 
 
 def certify_samples(images: torch.Tensor, distances: np.ndarray, consistent: np.ndarray, sigma: float,

@@ -113,12 +113,14 @@ def run_sigma(lm: LMGenerator, sampler: LMGenerator, pairs: list, sigma: float, 
 
 
 def text_scores(table: pd.DataFrame) -> dict[str, float]:
-    """Corpus BLEU and mean ROUGE of the smoothed outputs against the references and against the base."""
-    preds = table["smoothed"].tolist()
-    scores = {"bleu_vs_reference": metrics.bleu(preds, table["reference"].tolist(), smooth=True),
-              "bleu_vs_base": metrics.bleu(preds, table["base"].tolist(), smooth=True)}
+    """Corpus BLEU-4 and BLEU-2 and mean ROUGE of the smoothed outputs against the references
+    (quality) and against the clean base outputs (stability)."""
+    preds, scores = table["smoothed"].tolist(), {}
     for target in ("reference", "base"):
-        scores.update({f"{k}_vs_{target}": v for k, v in metrics.rouge(preds, table[target].tolist()).items()})
+        refs = table[target].tolist()
+        scores.update({f"bleu_vs_{target}": metrics.bleu(preds, refs, smooth=True),
+                       f"bleu2_vs_{target}": metrics.bleu(preds, refs, n_gram=2, smooth=True)})
+        scores.update({f"{k}_vs_{target}": v for k, v in metrics.rouge(preds, refs).items()})
     scores["reference_perplexity"] = math.exp(table["reference_nll"].mean())
     return scores
 

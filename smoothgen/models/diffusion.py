@@ -161,6 +161,11 @@ def ddim_scheduler(config: DiffusionConfig, steps: int) -> DDIMScheduler:
 class DiffusionGenerator:
     """SmoothGen generator: condition embeddings ``[B, E]`` → images ``[B, 3, 32, 32]`` in [0, 1].
 
+    Per-step conditioning: embeddings ``[B, T, E]`` with ``T = num_steps`` condition DDIM step ``i``
+    on ``embeddings[:, i]`` (the guidance's null branch stays unnoised). This is the base of a noise
+    schedule across denoising steps (:func:`smoothgen.calibrate.schedule_noise`); ``T`` identical
+    rows reproduce the ``[B, E]`` call exactly.
+
     Parameters
     ----------
     model
@@ -222,10 +227,17 @@ class DiffusionGenerator:
             "null_to_class_mean": float((u - null).norm(dim=1).mean()),
         }
 
+    @property
+    def num_steps(self) -> int:
+        """Number of DDIM steps ``T`` (the middle size of per-step embeddings ``[B, T, E]``)."""
+        return len(self.scheduler.timesteps)
+
     def _check(self, embeddings: Tensor) -> None:
-        if not isinstance(embeddings, Tensor) or embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
+        shapes = ((2, (self.embedding_dim,)), (3, (self.num_steps, self.embedding_dim)))
+        if not isinstance(embeddings, Tensor) or (embeddings.ndim, tuple(embeddings.shape[1:])) not in shapes:
             shape = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__
-            raise ValueError(f"embeddings must be a float tensor [B, {self.embedding_dim}], got {shape}")
+            raise ValueError(f"embeddings must be a float tensor [B, {self.embedding_dim}] or per-step "
+                             f"[B, {self.num_steps}, {self.embedding_dim}], got {shape}")
         if not embeddings.is_floating_point():
             raise ValueError(f"embeddings must be floating point, got {embeddings.dtype}")
         if embeddings.device != self.device:
@@ -240,13 +252,14 @@ class DiffusionGenerator:
         return out_u + w * (out_c - out_u)
 
     def _denoise(self, x: Tensor, cond: Tensor) -> Tensor:
-        for t in self.scheduler.timesteps:
-            out = self._guided_output(x, t.to(x.device), cond)
+        for i, t in enumerate(self.scheduler.timesteps):
+            out = self._guided_output(x, t.to(x.device), cond[:, i] if cond.ndim == 3 else cond)
             x = self.scheduler.step(out, t, x, eta=0.0).prev_sample
         return ((x.clamp(-1.0, 1.0) + 1.0) / 2.0).to(torch.float32)
 
     def __call__(self, embeddings: Tensor, generator: torch.Generator) -> Tensor:
-        """Sample one image per condition row; ``x_T ~ N(0, I)`` is drawn from ``generator``.
+        """Sample one image per condition row (``[B, E]``, or per-step ``[B, T, E]``);
+        ``x_T ~ N(0, I)`` is drawn from ``generator``.
 
         Runs under ``torch.inference_mode`` on the model's device; ``generator`` must live there.
         Embeddings are cast to the model's dtype (e.g. float64 noise → float32). Deterministic
