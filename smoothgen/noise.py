@@ -1,4 +1,4 @@
-"""Gaussian smoothing noise on condition embeddings: isotropic, diagonal and low-rank.
+"""Gaussian smoothing noise on condition embeddings: isotropic, diagonal, low-rank and spiked.
 
 Every noise object describes a centred Gaussian ``N(0, Σ)`` over an embedding of shape ``E``
 (flattened to ``D = prod(E)`` coordinates wherever a matrix is involved) and offers
@@ -395,3 +395,85 @@ class LowRankGaussianNoise(Noise):
 
     def covariance(self, dim: int | None = None) -> Tensor:
         return self.sigma**2 * torch.eye(self.factors.shape[0], dtype=torch.float64) + self.factors @ self.factors.T
+
+
+class SpikedGaussianNoise(Noise):
+    r"""``N(0, Σ)`` with ``Σ = a² (I − V Vᵀ) + V diag(b²) Vᵀ``: isotropic plus a rank-``k`` change.
+
+    ``V`` (``[D, k]``, orthonormal columns) spans a subspace with its own standard deviations
+    ``b_i`` (smaller or larger than ``a``); the complement has ``a``. Unlike
+    :class:`LowRankGaussianNoise` (``σ²I + UUᵀ``, which can only add noise), this
+    can also *remove* noise along ``V``: the shape needed when the sensitive directions are few.
+
+    Sampling: ``x = a ε + V((b − a) ⊙ Vᵀε)``, ``ε ~ N(0, I_D)`` (covariance as above).
+    Whitening: ``Σ^{-1/2}δ = (δ − VVᵀδ)/a + V(Vᵀδ / b)``; ``log det Σ = 2(D − k) log a + 2Σ log b_i``.
+
+    Raises
+    ------
+    ValueError
+        Non-positive ``a`` or ``b``, ``V`` not ``[D, k]`` with orthonormal columns (tolerance 1e-6),
+        ``k`` not matching ``b``, or ``prod(event_shape) != D``.
+    """
+
+    def __init__(self, isotropic: float, basis: Tensor, scales: Tensor, event_shape: Sequence[int] | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(dtype)
+        a = float(isotropic)
+        v = torch.as_tensor(basis).detach().to("cpu", torch.float64)
+        b = torch.as_tensor(scales).detach().to("cpu", torch.float64).reshape(-1)
+        if not (math.isfinite(a) and a > 0) or not bool(torch.isfinite(b).all()) or bool((b <= 0).any()):
+            raise ValueError("isotropic and every entry of scales must be positive finite standard deviations")
+        if v.ndim != 2 or v.shape[1] != b.numel() or v.shape[1] > v.shape[0]:
+            raise ValueError(f"basis must be [D, k] with k = len(scales) <= D, got {tuple(v.shape)} and k={b.numel()}")
+        if float((v.T @ v - torch.eye(v.shape[1], dtype=v.dtype)).abs().max()) > 1e-6:
+            raise ValueError("basis columns must be orthonormal (orthonormalise with torch.linalg.qr)")
+        shape = (v.shape[0],) if event_shape is None else tuple(int(s) for s in event_shape)
+        if math.prod(shape) != v.shape[0]:
+            raise ValueError(f"event_shape {shape} has {math.prod(shape)} coordinates but basis has D={v.shape[0]}")
+        self.isotropic, self.basis, self.scales, self._event_shape = a, v, b, shape
+
+    def __repr__(self) -> str:
+        return (f"SpikedGaussianNoise(isotropic={self.isotropic:.4g}, rank={self.scales.numel()}, "
+                f"event_shape={self._event_shape})")
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self._event_shape
+
+    def sample_(self, out: Tensor, generator: torch.Generator) -> Tensor:
+        torch.randn(out.shape, generator=generator, out=out)
+        flat = out.view(out.shape[0], -1)
+        v = self._on("basis", self.basis, out.device, out.dtype)
+        extra = self._on("extra", self.scales - self.isotropic, out.device, out.dtype)
+        coef = (flat @ v) * extra
+        flat.mul_(self.isotropic).addmm_(coef, v.T)
+        return out
+
+    def whiten(self, delta: Tensor) -> Tensor:
+        d = self._check_delta(delta)
+        flat = d.flatten(1)
+        v = self.basis.to(flat.device)
+        coef = flat @ v
+        white = (flat - coef @ v.T) / self.isotropic + (coef / self.scales.to(flat.device)) @ v.T
+        return white.reshape(d.shape)
+
+    def _spread(self) -> Tensor:
+        rest = torch.tensor([self.isotropic], dtype=torch.float64)
+        return self.scales if self.scales.numel() == self.basis.shape[0] else torch.cat([self.scales, rest])
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self._spread().min())
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self._spread().max())
+
+    def log_det(self, dim: int | None = None) -> float:
+        d, k = self.basis.shape
+        return 2.0 * (d - k) * math.log(self.isotropic) + float(2.0 * torch.log(self.scales).sum())
+
+    def covariance(self, dim: int | None = None) -> Tensor:
+        v = self.basis
+        spikes = v @ torch.diag(self.scales**2 - self.isotropic**2) @ v.T
+        return self.isotropic**2 * torch.eye(v.shape[0], dtype=torch.float64) + spikes

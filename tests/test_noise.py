@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.special import gammaln
 
-from smoothgen.noise import DiagonalGaussianNoise, GaussianNoise, LowRankGaussianNoise, Noise
+from smoothgen.noise import DiagonalGaussianNoise, GaussianNoise, LowRankGaussianNoise, Noise, SpikedGaussianNoise
 from smoothgen.runtime import make_generator
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -207,3 +207,18 @@ def test_bad_radius_and_dtype_raise() -> None:
         GaussianNoise(0.5).inscribed_radius(math.nan)
     with pytest.raises(ValueError, match="dtype"):
         GaussianNoise(0.5, dtype=torch.int64)
+
+
+def test_spiked_noise_moments_whitening_and_log_det() -> None:
+    v = torch.linalg.qr(torch.randn(5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64))[0][:, :2]
+    noise = SpikedGaussianNoise(0.8, v, torch.tensor([0.1, 2.0]), dtype=torch.float64)
+    cov = noise.covariance()
+    x = noise.sample((200_000, 5), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x.T @ x / x.shape[0], cov, atol=0.03, rtol=0.02)
+    delta = torch.randn(3, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact = torch.einsum("bi,ij,bj->b", delta, torch.linalg.inv(cov), delta).sqrt()
+    torch.testing.assert_close(noise.mahalanobis_norm(delta), exact)
+    assert noise.log_det() == pytest.approx(float(torch.linalg.slogdet(cov).logabsdet))
+    assert noise.sigma_min == pytest.approx(0.1) and noise.sigma_max == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="orthonormal"):
+        SpikedGaussianNoise(1.0, torch.ones(5, 2), torch.tensor([1.0, 1.0]))
