@@ -130,7 +130,7 @@ _TOYS = [{"name": "spread", "a_norm": 2.0, "s": 0.0}, {"name": "concentrated", "
 _RADII = [round(0.05 * k, 2) for k in range(31)]
 
 _CIFAR_BASE = {"seed": 0, "device": None, "steps": 20, "guidance_scale": None, "classes": list(range(10)),
-               "alpha": 0.001, "center_delta": 0.3, "epsilon": 0.05,
+               "alpha": 0.001, "center_delta": 0.3, "epsilon": 0.05, "focus_class": 3, "focus_sigma_rel": 0.01,
                "radii_rel": [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]}
 # σ relative to the mean embedding norm. The noise's own norm is σ·√E (E = 128 for the class
 # embeddings, 5·256 for a 5-token prompt): σ_rel = 0.01 already moves a class embedding by ~11 % of
@@ -178,10 +178,11 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "03_cifar10": {
         "smoke": {**_CIFAR_BASE, "steps": 2, "classes": [0, 1], "sigma_rel": [0.0, 0.2], "n": 12, "n_pilot": 4,
-                  "batch_size": 12, "n_real": 64, "grid_samples": 4, "radii_rel": [0.1, 0.5]},
+                  "focus_n": 24, "batch_size": 12, "n_real": 64, "grid_samples": 4, "radii_rel": [0.1, 0.5]},
         "cpu": {**_CIFAR_BASE, "steps": 10, "sigma_rel": [0.0, 0.005, 0.01, 0.02, 0.05], "n": 80, "n_pilot": 16,
-                "batch_size": 80, "n_real": 2000, "grid_samples": 8},
+                "focus_n": 1500, "batch_size": 80, "n_real": 2000, "grid_samples": 8},
         "gpu": {**_CIFAR_BASE, "steps": 50, "sigma_rel": [0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1], "n": 10_000,
+                "focus_n": 30_000,
                 "n_pilot": 500, "batch_size": 1000, "n_real": 10_000, "grid_samples": 8, "center_delta": 0.05},
     },
     "04_ptb": {
@@ -224,10 +225,10 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "ptb_n_eot": 4, "ptb_pgd_steps": 2, "ptb_n_fresh": 16, "ptb_batch_size": 32, "ptb_base_pgd_steps": 2,
                   "ptb_breakdown_grid_rel": [0.005, 0.1], "refine_steps": 0},
         "cpu": {**_ATTACKS_BASE, "toy_trials": 1000,
-                "cifar_classes": [3, 8], "cifar_sample_steps": 5,
+                "cifar_classes": [1, 3, 5, 8], "cifar_sample_steps": 5,
                 "cifar_batch_size": 64, "cifar_n_cert": 128, "cifar_n_pilot": 8, "cifar_n_fresh": 32, "cifar_n_eot": 4,
                 "cifar_pgd_steps": 4, "cifar_base_noises": 2, "cifar_base_pgd_steps": 8,
-                "ptb_prompts": 5, "ptb_steps": 8, "ptb_n0": 32, "ptb_n": 300,
+                "ptb_prompts": 10, "ptb_steps": 8, "ptb_n0": 32, "ptb_n": 300,
                 "ptb_n_eot": 32, "ptb_pgd_steps": 10, "ptb_n_fresh": 300, "ptb_batch_size": 400,
                 "ptb_base_pgd_steps": 10},
         "gpu": {**_ATTACKS_BASE, "toy_trials": 10_000, "toy_restarts": 4, "toy_pgd_steps": 50, "toy_n_cert": 100_000,
@@ -249,8 +250,8 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "cpu": {**_ADAPTIVE_BASE, "models": "checkpoints", "tasks": ["cifar10", "ptb"], "steps": 10, "n_real": 2000,
                 "batch_size": 80, "gram_method": "sketch", "gram_draws": 1, "gram_rank": 6, "ptb_gram_rank": 16,
                 "gram_probes": 8, "gram_max_rows": 5,
-                "cifar_strategies": ["isotropic", "anisotropic-lowrank", "schedule"], "cifar_n_cal": 24,
-                "cifar_n_eval": 24, "cifar_scales": [0.003, 0.006, 0.0125, 0.025],
+                "cifar_strategies": ["isotropic", "anisotropic-lowrank", "schedule"], "cifar_n_cal": 48,
+                "cifar_n_eval": 48, "cifar_scales": [0.003, 0.006, 0.0125, 0.025],
                 "cifar_target_radii_rel": [0.0025, 0.005, 0.01, 0.02], "ptb_steps": 10, "n_prompts": 20,
                 "ptb_n_cal": 48, "ptb_n_eval": 48, "ptb_scales": [0.0125, 0.025, 0.05, 0.1],
                 "ptb_target_radii_rel": [0.0025, 0.005, 0.01, 0.02]},

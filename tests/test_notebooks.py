@@ -72,6 +72,9 @@ def _check_cifar10(tables: dict[str, pd.DataFrame]) -> None:
     assert (certs["w1_certificate"] <= certs["w1_diameter_bound"] + 1e-12).all()
     assert certs["consistency_lower"].between(0, 1).all() and (certs["band_halfwidth_mean"] >= 0).all()
     assert tables["quality"]["fid_name"].str.startswith("FID[evaluator").all()
+    focus = tables["focus"]
+    assert (focus["w1_certificate"] <= focus["w1_diameter_bound"] + 1e-12).all() and (focus["w1_certificate"] >= 0).all()
+    assert focus["w1_certificate"].is_monotonic_increasing and (focus["n"] == 24).all()  # smoke: focus_n = 24
 
 
 def _check_ptb(tables: dict[str, pd.DataFrame]) -> None:
