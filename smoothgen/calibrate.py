@@ -593,7 +593,7 @@ class NoiseCertificate:
     def log_volume(self, mahalanobis_radius: float) -> float:
         """Log-volume of the certified region in condition space at Mahalanobis radius ``R``.
 
-        Ellipsoid (``kind="tv-ellipsoid"``): :meth:`Noise.log_volume`. Otherwise the ball of radius
+        Ellipsoid (``kind="tv-ellipsoid"``): :meth:`~smoothgen.noise.Noise.log_volume`. Otherwise the ball of radius
         ``R·σ_cert`` in ``D = prod(condition_shape)`` dimensions.
         """
         if self.kind == "tv-ellipsoid":
@@ -693,7 +693,7 @@ def _condition_seed(seed: int, index: int) -> int:
 
 def wasserstein_values(sampler: ConditionSampler, distance: Callable[[Tensor, int], Any], *, radius: float,
                        n: int, alpha: float, diameter: float) -> CertifiedValues:
-    """Certified W₁ at ``radius`` per condition: :func:`certify.wasserstein_certificate` on
+    """Certified W₁ at ``radius`` per condition: :func:`~smoothgen.certify.wasserstein_certificate` on
     ``distance(outputs, index)`` (distances of ``n`` smoothed outputs to a reference output chosen
     independently of them, in ``[0, diameter]``)."""
 
@@ -708,7 +708,7 @@ def wasserstein_values(sampler: ConditionSampler, distance: Callable[[Tensor, in
 def consistency_values(sampler: ConditionSampler, hit: Callable[[Tensor, int], Any], *, radius: float,
                        n: int, alpha: float) -> CertifiedValues:
     """Certified class-consistency at ``radius`` per condition: the lower end of
-    :func:`certify.np_bounds_mc` on ``hit(outputs, index) ∈ {0, 1}`` (1 when the evaluator assigns
+    :func:`~smoothgen.certify.np_bounds_mc` on ``hit(outputs, index) ∈ {0, 1}`` (1 when the evaluator assigns
     the output to the condition's class)."""
 
     def values(sigma: float, indices: Sequence[int], seed: int) -> np.ndarray:
