@@ -6,7 +6,7 @@ PRESET ?= cpu
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 
-.PHONY: all install system-deps study book test clean-book
+.PHONY: all install system-deps data study book test clean-book
 
 all: study book
 
@@ -23,7 +23,13 @@ install: $(VENV)/.installed
 system-deps:
 	bash scripts/system_deps.sh
 
-study: install
+# The datasets: found in $$SMOOTHGEN_DATA or data/ (checksums verified), else fetched from the
+# official sources into that folder.
+data: install
+	$(BIN)/python -c "import smoothgen as s; [s.load_cifar10(x, download=True) for x in ('train', 'test')]; \
+	[s.load_ptb(x, download=True) for x in ('train', 'valid', 'test')]"
+
+study: install data
 	$(BIN)/smoothgen study --preset $(PRESET)
 
 book: install
