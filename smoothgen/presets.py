@@ -17,6 +17,11 @@ parameters (read by :mod:`smoothgen.models.train`). ``steps`` counts optimizer s
   other processes slow small convolutions down many-fold.
 - ``gpu``: larger models for users with a GPU (not shipped).
 
+Every diffusion and LM preset also carries the condition-noise keys (``_COND_NOISE``):
+``cond_noise_rel`` (0 = off: training as before, bit for bit), ``init_from`` (a checkpoint name to
+fine-tune from, or None) and ``freeze_cond_embedding`` (None = frozen iff ``init_from``); see
+:mod:`smoothgen.models.train` for their meaning and the recipe of the cpu noise fine-tunes.
+
 Use :func:`get_train_preset` to read one with overrides.
 """
 
@@ -27,6 +32,8 @@ from typing import Any
 
 __all__ = ["TRAIN_PRESETS", "get_train_preset"]
 
+_COND_NOISE = {"cond_noise_rel": 0.0, "init_from": None, "freeze_cond_embedding": None}
+
 _DIFFUSION_SCHEDULE = {
     "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
     "prediction_type": "epsilon", "cond_dropout": 0.1,
@@ -35,7 +42,7 @@ _DIFFUSION_SCHEDULE = {
 TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "diffusion": {
         "smoke": {
-            **_DIFFUSION_SCHEDULE, "block_out_channels": (16, 16, 16), "layers_per_block": 1,
+            **_DIFFUSION_SCHEDULE, **_COND_NOISE, "block_out_channels": (16, 16, 16), "layers_per_block": 1,
             "mid_attention": True, "attention_head_dim": 8, "norm_num_groups": 8, "dropout": 0.0,
             "batch_size": 8, "steps": 3, "lr": 2e-4, "warmup_steps": 1, "min_lr_frac": 1.0,
             "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": 0.9, "checkpoint_every": 2,
@@ -43,7 +50,7 @@ TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "sweep_samples": 10, "eval_batch_size": 20, "fid_real_samples": 200,
         },
         "cpu": {
-            **_DIFFUSION_SCHEDULE, "block_out_channels": (32, 64, 64), "layers_per_block": 1,
+            **_DIFFUSION_SCHEDULE, **_COND_NOISE, "block_out_channels": (32, 64, 64), "layers_per_block": 1,
             "mid_attention": True, "attention_head_dim": 8, "norm_num_groups": 8, "dropout": 0.0,
             "batch_size": 64, "steps": 15_000, "lr": 5e-4, "warmup_steps": 500, "min_lr_frac": 1.0,
             "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": 0.999, "checkpoint_every": 500,
@@ -52,7 +59,7 @@ TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "fid_real_samples": None,
         },
         "gpu": {
-            **_DIFFUSION_SCHEDULE, "block_out_channels": (128, 256, 256, 256), "layers_per_block": 2,
+            **_DIFFUSION_SCHEDULE, **_COND_NOISE, "block_out_channels": (128, 256, 256, 256), "layers_per_block": 2,
             "mid_attention": True, "attention_head_dim": 32, "norm_num_groups": 32, "dropout": 0.1,
             "batch_size": 128, "steps": 200_000, "lr": 2e-4, "warmup_steps": 5000, "min_lr_frac": 1.0,
             "weight_decay": 0.0, "grad_clip": 1.0, "ema_decay": 0.9999, "checkpoint_every": 5000,
@@ -63,19 +70,19 @@ TRAIN_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "lm": {
         "smoke": {
-            "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 32, "dropout": 0.1,
+            **_COND_NOISE, "n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 32, "dropout": 0.1,
             "batch_size": 4, "seq_len": 16, "steps": 3, "lr": 1e-3, "warmup_steps": 1, "min_lr_frac": 0.1,
             "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 2, "checkpoint_every": 2,
             "eval_tokens": 500, "storage_dtype": "float32",
         },
         "cpu": {
-            "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 128, "dropout": 0.2,
+            **_COND_NOISE, "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 128, "dropout": 0.2,
             "batch_size": 16, "seq_len": 128, "steps": 3600, "lr": 1e-3, "warmup_steps": 200,
             "min_lr_frac": 0.1, "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 450,
             "checkpoint_every": 450, "eval_tokens": None, "storage_dtype": "float16",
         },
         "gpu": {
-            "n_embd": 512, "n_layer": 6, "n_head": 8, "n_positions": 256, "dropout": 0.3,
+            **_COND_NOISE, "n_embd": 512, "n_layer": 6, "n_head": 8, "n_positions": 256, "dropout": 0.3,
             "batch_size": 64, "seq_len": 256, "steps": 10_000, "lr": 6e-4, "warmup_steps": 500,
             "min_lr_frac": 0.1, "weight_decay": 0.1, "grad_clip": 1.0, "eval_every": 500,
             "checkpoint_every": 1000, "eval_tokens": None, "storage_dtype": "float16",
@@ -167,6 +174,16 @@ _ADAPTIVE_BASE = {"seed": 0, "device": None, "guidance_scale": None, "classes": 
          "max_ratio": 4.0, "is_splits": 2, "gram_oversample": 4, "gram_iters": 1, "prompt_len": 5,
          "cifar_strategies": _ADAPTIVE_CIFAR, "ptb_strategies": _ADAPTIVE_PTB, **_ADAPTIVE_TOY}
 
+# Notebook 08: σ relative to the smallest half class gap (CIFAR-10) and to the median nearest-token
+# distance (PTB); the grids reach where a projected condition still snaps back almost surely.
+_MEANINGFUL_BASE = {
+    "seed": 0, "device": None, "alpha": 0.001, "epsilon": 0.05, "guidance_scale": None, "classes": list(range(10)),
+    "prompt_len": 5, "steps": 10, "diffusion_noise_checkpoint": None,
+    "lm_noise_checkpoint": None, "target_consistency": 0.85, "target_fid_ratio": 1.25, "target_bleu": 0.9,
+    "target_ppl_ratio": 1.1, "breakdown_grid_rel": [0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5],
+    "refine_steps": 2,
+}
+
 STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "01_smoothing_classifiers": {
         "smoke": {"seed": 0, "sigmas": [0.25], "n_images": 3, "stride": 1000, "n0": 10, "n": 50,
@@ -239,6 +256,28 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "ptb_prompts": 100, "ptb_steps": 10, "ptb_n0": 100, "ptb_n": 10_000, "ptb_n_eot": 128,
                 "ptb_pgd_steps": 30, "ptb_restarts": 2, "ptb_n_fresh": 10_000, "ptb_batch_size": 5000,
                 "ptb_base_pgd_steps": 20},
+    },
+    "08_meaningful_radii": {
+        "smoke": {**_MEANINGFUL_BASE, "diffusion_steps": 2, "classes": [0, 1], "n_quality": 4, "batch_size": 8,
+                  "n_real": 32, "bootstrap": 3, "grid_samples": 2, "n_projection": 2000,
+                  "cifar_grid": {"naive": [0.25], "projection": [0.25], "soft": [0.25]},
+                  "breakdown_classes": [0], "breakdown_pgd_steps": 1, "breakdown_grid_rel": [0.5, 1.5], "n_prompts": 2,
+                  "steps": 4, "ptb_sigma_rel": [0.1], "n_generate": 8, "n_text": 4, "nll_draws": 2,
+                  "n_projection_ptb": 200, "bootstrap_text": 3, "n_breakdown_prompts": 1, "n_texts_shown": 1,
+                  "refine_steps": 0},
+        "cpu": {**_MEANINGFUL_BASE, "diffusion_steps": 5, "n_quality": 100, "batch_size": 100, "n_real": 10_000,
+                "bootstrap": 50, "grid_samples": 6, "n_projection": 100_000,
+                "cifar_grid": {"naive": [0.02, 0.1], "projection": [0.1, 0.25, 0.4], "soft": [0.1, 0.25, 0.4]},
+                "breakdown_classes": list(range(10)), "breakdown_pgd_steps": 6, "n_prompts": 40,
+                "ptb_sigma_rel": [0.05, 0.1, 0.13], "n_generate": 100, "n_text": 16, "nll_draws": 16,
+                "n_projection_ptb": 10_000, "bootstrap_text": 50, "n_breakdown_prompts": 40, "n_texts_shown": 6},
+        "gpu": {**_MEANINGFUL_BASE, "diffusion_steps": 20, "n_quality": 1000, "batch_size": 1000, "n_real": 10_000,
+                "bootstrap": 200, "grid_samples": 8,
+                "cifar_grid": {m: [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5] for m in ("naive", "projection", "soft")},
+                "n_projection": 1_000_000, "breakdown_classes": list(range(10)), "breakdown_pgd_steps": 20,
+                "n_prompts": 200, "ptb_sigma_rel": [0.01, 0.03, 0.05, 0.07, 0.1, 0.13, 0.16], "n_generate": 10_000,
+                "n_text": 32, "nll_draws": 64, "n_projection_ptb": 100_000, "bootstrap_text": 200,
+                "n_breakdown_prompts": 200, "n_texts_shown": 8},
     },
     "05_adaptive_noise": {
         "smoke": {**_ADAPTIVE_BASE, "models": "tiny", "tasks": ["cifar10", "ptb"], "steps": 2, "classes": [0, 1, 2, 3],

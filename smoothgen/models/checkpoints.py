@@ -81,6 +81,10 @@ def train_hint(name: str) -> str:
     hint = _HINTS.get(kind, "python -m smoothgen.models.train {diffusion,lm,classifier} --preset cpu")
     if name.startswith("classifier_cifar10_sigma"):
         hint += f" --sigma {float(name.rsplit('sigma', 1)[1]):g}"
+    for suffix in ("_noise", "_finetune"):
+        if kind in ("diffusion", "lm") and name.endswith(suffix):
+            hint += f" --init-from {name.removesuffix(suffix)}" + (" --cond-noise-rel R" if suffix == "_noise" else "")
+            hint += " (recipe: the smoothgen.models.train docstring)"
     return hint
 
 
