@@ -20,10 +20,10 @@ from smoothgen.models import (
 from smoothgen.models.checkpoints import CARD_KEYS, load_weights, save_checkpoint, sha256_file
 from smoothgen.models.classifier import CifarResNet, ClassifierConfig, accuracy, random_crop_flip
 from smoothgen.models.lm import LMConfig, build_lm, stream_perplexity
-from smoothgen.models.diffusion import ddim_scheduler, ddpm_scheduler
-from smoothgen.models.train import DiffusionTask, train
+from smoothgen.models.diffusion import ClassConditionalUNet, DiffusionConfig, ddim_scheduler, ddpm_scheduler
+from smoothgen.models.train import DiffusionTask, LMTask, _pick, condition_noise, train
 from smoothgen.models.train import main as train_main
-from smoothgen.models.training import EpochSampler, lr_at
+from smoothgen.models.training import EpochSampler, lr_at, seeded_global_rng
 from smoothgen.presets import TRAIN_PRESETS, get_train_preset
 from smoothgen.runtime import make_generator
 
@@ -402,3 +402,264 @@ def test_adapters_plug_into_the_smoothing_layer(smoke_diffusion: DiffusionGenera
     result = decoded.decode(prompt, steps=3, n0=4, n=8, alpha=0.05, seed=0)
     clean = LMGenerator(shipped_lm.model, shipped_lm.vocab, steps=3)(prompt[None], make_generator(0, "cpu"))[0]
     assert result.tokens.tolist() == clean.tolist()  # tiny noise: the smoothed greedy output is the clean one
+
+
+# ----------------------------------------------------------------------------- noise-trained generators
+
+_CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def noise_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Smoke base checkpoints (diffusion and LM, no metrics) to fine-tune from."""
+    out = tmp_path_factory.mktemp("noise_base")
+    for kind in ("diffusion", "lm"):
+        train(kind, "smoke", out=out, device="cpu", data_root=DATA, skip_eval=True)
+    return out
+
+
+def _copy_checkpoint(name: str, src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for suffix in (".json", ".safetensors", ".vocab.txt"):
+        if (src / f"{name}{suffix}").is_file():
+            shutil.copy(src / f"{name}{suffix}", dst / f"{name}{suffix}")
+
+
+def _half_gap(table: torch.Tensor) -> float:
+    u = table.double()
+    d = torch.cdist(u, u) + torch.diag(torch.full((u.shape[0],), float("inf"), dtype=u.dtype))
+    return float(d.min()) / 2
+
+
+def _old_diffusion_loss(task: DiffusionTask, step: int, generator: torch.Generator) -> torch.Tensor:
+    """DiffusionTask.loss as it was before the condition-noise option (reference)."""
+    idx = task.sampler.indices(step)
+    b, dev = idx.shape[0], task.images.device
+    x0 = task.images[idx].float() / 127.5 - 1
+    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
+    drop = torch.rand(b, generator=generator, device=dev) < task.params["cond_dropout"]
+    labels = torch.where(drop, task.config.null_index, task.labels[idx])
+    t = torch.randint(0, task.config.num_train_timesteps, (b,), generator=generator, device=dev)
+    noise = torch.randn(x0.shape, generator=generator, device=dev)
+    a = task.alphas_cumprod[t].sqrt()[:, None, None, None]
+    s = (1 - task.alphas_cumprod[t]).sqrt()[:, None, None, None]
+    target = noise if task.config.prediction_type == "epsilon" else a * noise - s * x0
+    pred = task.model(a * x0 + s * noise, t, task.model.embed(labels))
+    return F.mse_loss(pred.float(), target)
+
+
+def _old_lm_loss(task: LMTask, step: int, generator: torch.Generator) -> torch.Tensor:
+    """LMTask.loss as it was before the condition-noise option (reference)."""
+    L = task.params["seq_len"]
+    epoch = step // task.sampler.steps_per_epoch
+    offset = int(torch.randint(0, L, (1,), generator=make_generator(task.seed * 7919 + epoch, "cpu")))
+    starts = offset + task.sampler.indices(step) * L
+    chunk = task.tokens[starts[:, None] + torch.arange(L + 1, device=starts.device)]
+    logits = task.model(input_ids=chunk[:, :-1]).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten())
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "lm"])
+def test_noise_off_is_bit_identical_to_the_old_training_path(kind: str) -> None:
+    """cond_noise_rel = 0: same initial weights, same loss bits, same generator state afterwards."""
+    params = get_train_preset(kind, "smoke")
+    assert params["cond_noise_rel"] == 0 and params["init_from"] is None
+    with seeded_global_rng(0, _CPU):
+        task = (DiffusionTask if kind == "diffusion" else LMTask)(params, _CPU, 0, DATA)
+    with seeded_global_rng(0, _CPU):
+        fresh = (ClassConditionalUNet(DiffusionConfig(**_pick(params, DiffusionConfig))) if kind == "diffusion"
+                 else build_lm(LMConfig(vocab_size=len(task.vocab), **_pick(params, LMConfig)), task.vocab.eos_id))
+    assert all(torch.equal(a, b) for a, b in zip(task.model.state_dict().values(), fresh.state_dict().values()))
+    assert task.name == ("diffusion_cifar10" if kind == "diffusion" else "lm_ptb") and task.sigma_max == 0
+    assert all(p.requires_grad for p in task.model.parameters())
+    old_loss = _old_diffusion_loss if kind == "diffusion" else _old_lm_loss
+    task.model.train()
+    for step in (0, 1):
+        g_new, g_old = make_generator(5, "cpu"), make_generator(5, "cpu")
+        with seeded_global_rng(3, _CPU):  # dropout
+            new = task.loss(step, g_new)
+        with seeded_global_rng(3, _CPU):
+            old = old_loss(task, step, g_old)
+        assert torch.equal(new, old)
+        assert torch.equal(g_new.get_state(), g_old.get_state())
+
+
+def test_condition_noise_draws_one_level_per_example() -> None:
+    noise, sigmas = condition_noise((64, 4096), 2.0, make_generator(0, "cpu"), "cpu")
+    assert noise.shape == (64, 4096) and sigmas.shape == (64,)
+    assert float(sigmas.min()) >= 0 and float(sigmas.max()) <= 2.0 and float(sigmas.max()) > 1.5
+    ratio = noise.std(dim=1) / sigmas
+    assert torch.allclose(ratio, torch.ones(64), atol=0.06)
+    again, _ = condition_noise((64, 4096), 2.0, make_generator(0, "cpu"), "cpu")
+    assert torch.equal(noise, again)
+    seq, levels = condition_noise((8, 16, 512), 1.0, make_generator(1, "cpu"), "cpu")
+    assert torch.allclose(seq.flatten(1).std(dim=1) / levels, torch.ones(8), atol=0.05)  # one level per sequence
+
+
+def test_noise_reaches_the_unet_on_non_null_conditions_only() -> None:
+    params = get_train_preset("diffusion", "smoke", cond_noise_rel=0.5, batch_size=256, cond_dropout=0.25)
+    task = DiffusionTask(params, _CPU, 0, DATA)
+    assert task.name == "diffusion_cifar10_noise" and not task.frozen  # no init_from: the table trains
+    half_gap = _half_gap(task.model.class_embedding.weight.detach()[: task.config.num_classes])
+    assert task.sigma_max == pytest.approx(0.5 * half_gap, rel=1e-9)
+    seen: dict[str, torch.Tensor] = {}
+    embed, forward = task.model.embed, task.model.forward
+
+    def spy_embed(labels: torch.Tensor) -> torch.Tensor:
+        seen["labels"] = labels
+        return embed(labels)
+
+    def spy_forward(x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        seen.update(x_t=x_t, t=t, cond=cond)
+        return forward(x_t, t, cond)
+
+    task.model.embed, task.model.forward = spy_embed, spy_forward
+    task.model.train()
+    noisy_loss = task.loss(0, make_generator(0, "cpu"))
+    labels, cond, x_t = seen["labels"], seen["cond"].detach(), seen["x_t"]
+    residual = cond - task.model.class_embedding.weight.detach()[labels]
+    null = labels == task.config.null_index
+    assert 20 < int(null.sum()) < 110
+    assert torch.equal(residual[null], torch.zeros_like(residual[null]))  # the CFG null condition stays clean
+    row_std = residual[~null].pow(2).mean(dim=1).sqrt()
+    assert float(row_std.max()) <= 1.3 * task.sigma_max and float(row_std.min()) < 0.2 * task.sigma_max
+    rms = float(residual[~null].pow(2).mean().sqrt())
+    assert rms == pytest.approx(task.sigma_max / math.sqrt(3), rel=0.15)  # E[σ²] = σ_max²/3 for σ ~ U[0, σ_max]
+    task.sigma_max = 0.0  # same generator seed without noise: same batch, t and x_t, clean conditions
+    clean_loss = task.loss(0, make_generator(0, "cpu"))
+    assert torch.equal(seen["x_t"], x_t) and torch.equal(seen["labels"], labels)
+    assert torch.equal(seen["cond"], task.model.class_embedding.weight[labels])
+    assert not torch.equal(noisy_loss, clean_loss)
+
+
+def test_noise_reaches_the_lm_token_embeddings_not_the_positions() -> None:
+    params = get_train_preset("lm", "smoke", cond_noise_rel=0.5, batch_size=64)
+    task = LMTask(params, _CPU, 0, DATA)
+    assert task.name == "lm_ptb_noise"
+    geometry = LMGenerator(task.model, task.vocab).embedding_geometry()
+    assert task.sigma_max == pytest.approx(0.5 * geometry["nn_median"] / 2, rel=1e-9)
+    seen: dict[str, torch.Tensor] = {}
+    h1 = task.model.transformer.wte.register_forward_hook(lambda m, i, out: seen.update(tokens=out.detach()))
+    h2 = task.model.transformer.drop.register_forward_pre_hook(lambda m, args: seen.update(hidden=args[0].detach()))
+    try:
+        task.model.train()
+        task.loss(0, make_generator(0, "cpu"))
+    finally:
+        h1.remove(), h2.remove()
+    L = params["seq_len"]
+    positions = task.model.transformer.wpe.weight.detach()[:L]
+    residual = seen["hidden"] - seen["tokens"] - positions
+    per_seq = residual.flatten(1).pow(2).mean(dim=1).sqrt()
+    assert float(per_seq.max()) <= 1.3 * task.sigma_max
+    assert float(residual.pow(2).mean().sqrt()) == pytest.approx(task.sigma_max / math.sqrt(3), rel=0.2)
+
+
+def test_noise_fine_tune_loads_init_weights_and_keeps_the_table(noise_base: Path) -> None:
+    for kind, name in (("diffusion", "diffusion_cifar10"), ("lm", "lm_ptb")):
+        base, base_card = load_weights(name, noise_base)
+        params = get_train_preset(kind, "smoke", cond_noise_rel=0.5, init_from=name)
+        task = (DiffusionTask if kind == "diffusion" else LMTask)(params, _CPU, 0, DATA, (noise_base,))
+        state = task.model.state_dict()
+        assert state.keys() == base.keys() and all(torch.equal(state[k], base[k]) for k in base), name
+        assert task.frozen and task.init_info["sha256"] == base_card["sha256"]
+        table = task.model.class_embedding.weight if kind == "diffusion" else task.model.transformer.wte.weight
+        assert not table.requires_grad
+        assert all(p is not table for group in task.optimizer.param_groups for p in group["params"])
+
+
+def test_noise_smoke_fine_tunes_write_cards_with_the_noise_fields(noise_base: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "noise"
+    for name in ("diffusion_cifar10", "lm_ptb"):
+        _copy_checkpoint(name, noise_base, out)
+    card = train("diffusion", "smoke", out=out, device="cpu", data_root=DATA, skip_eval=True,
+                 overrides={"cond_noise_rel": 0.5, "init_from": "diffusion_cifar10"})
+    base_state, base_card = load_weights("diffusion_cifar10", out)
+    state, saved = load_weights("diffusion_cifar10_noise", out)  # sha256-verified
+    assert card["name"] == "diffusion_cifar10_noise" and card["steps"] == 3 and saved["sha256"] == card["sha256"]
+    noise = card["condition_noise"]
+    half_gap = _half_gap(base_state["class_embedding.weight"][:10])
+    assert noise["kind"] == "gaussian" and noise["cond_noise_rel"] == 0.5 and noise["embedding_frozen"]
+    assert noise["unit_value"] == pytest.approx(half_gap) and noise["sigma_max"] == pytest.approx(0.5 * half_gap)
+    assert card["init_from"]["name"] == "diffusion_cifar10" and card["init_from"]["sha256"] == base_card["sha256"]
+    assert card["config"]["training"]["cond_noise_rel"] == 0.5 and card["cond_embedding_frozen"]
+    assert all(key in card for key in (*CARD_KEYS, "hardware", "git_commit", "sha256"))
+    assert torch.equal(state["class_embedding.weight"], base_state["class_embedding.weight"])  # frozen: same units
+    assert not torch.equal(state["unet.conv_in.weight"], base_state["unet.conv_in.weight"])  # the rest trained
+    assert load_diffusion("diffusion_cifar10_noise", root=out).card["condition_noise"]["sigma_max"] > 0
+
+    args = ["lm", "--preset", "smoke", "--out", str(out), "--device", "cpu", "--data-root", DATA,
+            "--init-from", "lm_ptb", "--cond-noise-rel", "0.5"]
+    assert train_main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["name"] == "lm_ptb_noise" and printed["metrics"]["valid_perplexity"] > 1
+    card = read_card("lm_ptb_noise", out)
+    assert card["condition_noise"]["unit"].startswith("half_nn_median") and card["condition_noise"]["sigma_max"] > 0
+    assert card["init_from"]["sha256"] == read_card("lm_ptb", out)["sha256"]
+    assert "best_valid_perplexity_noisy" in card and "valid_perplexity_noisy" in card["validation_history"][-1]
+    assert card["vocab_file"] == "lm_ptb_noise.vocab.txt"
+    lm = load_lm("lm_ptb_noise", root=out)  # weights and vocabulary verified
+    base_lm = load_lm("lm_ptb", root=out)
+    assert torch.equal(lm.model.transformer.wte.weight, base_lm.model.transformer.wte.weight)
+    assert train_main(["lm", "--eval-only", "--cond-noise-rel", "0.5", "--out", str(out), "--device", "cpu",
+                       "--data-root", DATA]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "lm_ptb_noise"
+
+
+def test_noise_fine_tune_without_freezing_trains_the_table(noise_base: Path, tmp_path: Path) -> None:
+    _copy_checkpoint("diffusion_cifar10", noise_base, tmp_path)
+    card = train("diffusion", "smoke", out=tmp_path, device="cpu", data_root=DATA, skip_eval=True,
+                 overrides={"cond_noise_rel": 0.5, "init_from": "diffusion_cifar10", "freeze_cond_embedding": False})
+    assert not card["cond_embedding_frozen"] and not card["condition_noise"]["embedding_frozen"]
+    base, _ = load_weights("diffusion_cifar10", tmp_path)
+    state, _ = load_weights("diffusion_cifar10_noise", tmp_path)
+    assert not torch.equal(state["class_embedding.weight"], base["class_embedding.weight"])
+
+
+def test_noise_training_resumes_exactly(tmp_path: Path) -> None:
+    kwargs = dict(device="cpu", data_root=DATA, skip_eval=True, overrides={"cond_noise_rel": 0.5})
+    train("diffusion", "smoke", out=tmp_path / "straight", **kwargs)
+    card = train("diffusion", "smoke", out=tmp_path / "resumed", time_budget_s=0.0, **kwargs)
+    assert card["steps"] == 1
+    with pytest.raises(ValueError, match="cond_noise_rel=0.5, this run 0.25"):
+        train("diffusion", "smoke", out=tmp_path / "resumed", device="cpu", data_root=DATA, skip_eval=True,
+              overrides={"cond_noise_rel": 0.25})
+    card = train("diffusion", "smoke", out=tmp_path / "resumed", **kwargs)
+    assert card["steps"] == 3
+    a, _ = load_weights("diffusion_cifar10_noise", tmp_path / "straight")
+    b, _ = load_weights("diffusion_cifar10_noise", tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_noise_bad_values_are_clear_errors(noise_base: Path, tmp_path: Path) -> None:
+    kwargs = dict(out=tmp_path, device="cpu", data_root=DATA, skip_eval=True)
+    for bad in (-0.1, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="cond_noise_rel must be a finite number >= 0"):
+            train("diffusion", "smoke", overrides={"cond_noise_rel": bad}, **kwargs)
+    with pytest.raises(ValueError, match="init_from: no checkpoint 'nope'"):
+        train("diffusion", "smoke", overrides={"cond_noise_rel": 0.5, "init_from": "nope"}, **kwargs)
+    with pytest.raises(ValueError, match="init_from must be a checkpoint name"):
+        train("lm", "smoke", overrides={"init_from": "../lm_ptb"}, **kwargs)
+    with pytest.raises(ValueError, match="freeze_cond_embedding must be"):
+        train("lm", "smoke", overrides={"freeze_cond_embedding": "yes"}, **kwargs)
+    with pytest.raises(ValueError, match="output name of this run"):
+        train("diffusion", "smoke", overrides={"cond_noise_rel": 0.5, "init_from": "diffusion_cifar10_noise"}, **kwargs)
+    with pytest.raises(ValueError, match="unknown classifier parameters"):
+        train("classifier", "smoke", overrides={"cond_noise_rel": 0.5}, **kwargs)
+    _copy_checkpoint("diffusion_cifar10", noise_base, tmp_path)
+    with pytest.raises(ValueError, match="not a language-model checkpoint"):
+        train("lm", "smoke", overrides={"cond_noise_rel": 0.5, "init_from": "diffusion_cifar10"}, **kwargs)
+
+
+def test_noise_validation_perplexity_is_paired_and_reduces_to_the_clean_one() -> None:
+    from smoothgen.models.train import noisy_stream_perplexity
+
+    torch.manual_seed(0)
+    model = build_lm(LMConfig(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, dropout=0.0))
+    tokens = torch.randint(0, 50, (300,), generator=make_generator(0, "cpu"))
+    clean = stream_perplexity(model, tokens, context=16)["perplexity"]
+    assert noisy_stream_perplexity(model, tokens, 16, 0.0) == pytest.approx(clean, rel=1e-6)
+    noisy = noisy_stream_perplexity(model, tokens, 16, 5.0, seed=3)
+    assert noisy == noisy_stream_perplexity(model, tokens, 16, 5.0, seed=3)  # same draws at every evaluation
+    assert noisy != pytest.approx(clean, rel=1e-3)
