@@ -446,3 +446,21 @@ def test_load_card_checks_the_weights(tmp_path: Path) -> None:
     weights.write_bytes(b"changed")
     with pytest.raises(ValueError, match="does not match the sha256"):
         load_card(tmp_path, "m")
+
+
+def test_result_role_reads_json_keys_and_single_csv_rows(tmp_path: Path) -> None:
+    """``{result}`` formats a JSON key or the one CSV row a query selects; anything else is an error."""
+    from study_results import ResultError, lookup
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "s.json").write_text(json.dumps({"a": 0.8123, "m": "projection", "none": None}))
+    (tmp_path / "x" / "t.csv").write_text('method,sigma_rel,fid\nnaive,0.1,30.5\nprojection,0.1,25.25\n')
+    assert lookup(tmp_path, "x/s.json#a:.0%") == "81%"
+    assert lookup(tmp_path, "x/s.json#a") == "0.812"
+    assert lookup(tmp_path, "x/s.json#m:s") == "projection"
+    assert lookup(tmp_path, 'x/t.csv?method == "projection"#fid:.1f') == "25.2"
+    assert lookup(tmp_path, "x/s.json#none:.1%") == "none (no configuration qualified)"
+    for bad, match in [("x/s.json#b", "no key"), ("x/u.json#a", "no result file"),
+                       ("x/t.csv?sigma_rel == 0.1#fid", "2 rows"), ("x/s.json", "expected")]:
+        with pytest.raises(ResultError, match=match):
+            lookup(tmp_path, bad)

@@ -119,5 +119,25 @@ def _check_adaptive_noise(tables: dict[str, pd.DataFrame]) -> None:
     assert set(tables["sensitivity"]["dataset"]) == {"cifar10", "ptb"}
 
 
-CHECKS = {"05_adaptive_noise": _check_adaptive_noise, "06_attacks": _check_attacks, "01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,
+def _check_meaningful(tables: dict[str, pd.DataFrame]) -> None:
+    from smoothgen import certify
+
+    radii = tables["cifar_radii"]
+    proj, other = radii[radii["method"] == "projection"], radii[radii["method"] != "projection"]
+    # no valid certificate of "the condition stays in its cell" reaches past the cell's boundary
+    assert (proj["class_radius"] < proj["half_gap"]).all() and (proj["w1_radius"] <= proj["class_radius"]).all()
+    assert (proj["generator_passes"] == 0).all() and (proj["count"] <= proj["n"]).all()
+    data_free = [certify.certified_radius(0.05, s, 1.0) for s in other["sigma"]]
+    assert np.allclose(other["w1_radius"], data_free)
+    text = tables["ptb_per_prompt"]
+    snapped = text[text["method"] == "projection"]
+    assert (snapped["continuation_radius"] < snapped["prompt_nn_min"] / 2).all()
+    quality = tables["cifar_quality"]
+    assert (quality["fid_low"] <= quality["fid_high"]).all()
+    assert ((quality["class_consistency_low"] <= quality["class_consistency"])
+            & (quality["class_consistency"] <= quality["class_consistency_high"])).all()
+    assert set(tables["choices"]["prefix"].fillna("")) == {"", "noise_trained_", "naive_"}
+
+
+CHECKS = {"08_meaningful_radii": _check_meaningful, "05_adaptive_noise": _check_adaptive_noise, "06_attacks": _check_attacks, "01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,
           "03_cifar10": _check_cifar10, "04_ptb": _check_ptb, "07_overhead": _check_overhead}

@@ -468,14 +468,17 @@ def _best(radii: pd.DataFrame, quality: pd.DataFrame, ok: pd.Series, key: str) -
 def summary(cifar: dict[str, Any], ptb: dict[str, Any], cifar_break: pd.DataFrame, ptb_break: pd.DataFrame,
             params: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
     """The issue's target keys (fractions), each from the best configuration meeting its quality condition;
-    again prefixed ``noise_trained_`` for the configurations without a projection front-end."""
+    again prefixed ``noise_trained_`` for the configurations without a projection front-end, and ``naive_``
+    for the shipped generators without a front-end; plus the chosen method and σ of each, and the base
+    models' median breakdown radii in the same units."""
     radii, cq, pq = cifar["radii"], cifar["quality"], ptb["quality"]
     out, choices = {}, []
-    for prefix, keep in (("", lambda m: True), ("noise_trained_", lambda m: "projection" not in m)):
+    for prefix, keep in (("", lambda m: True), ("noise_trained_", lambda m: "projection" not in m),
+                         ("naive_", lambda m: m == "naive")):
         cq_ok = (cq["class_consistency"] >= params["target_consistency"]) & (cq["fid_ratio"] <= params["target_fid_ratio"]) \
             & cq["method"].map(keep)
         cls = _best(radii, cq, cq_ok, "class_radius_rel")
-        w1 = _best(radii, cq, cq["method"].map(keep), "w1_radius_rel")
+        w1 = _best(radii, cq, cq_ok, "w1_radius_rel")
         pq_ok = (pq["stability_bleu4"] >= params["target_bleu"]) & (pq["perplexity_ratio"] <= params["target_ppl_ratio"]) \
             & pq["method"].map(keep)
         text = _best(ptb["per_prompt"], pq, pq_ok, "radius_rel")
@@ -496,6 +499,11 @@ def summary(cifar: dict[str, Any], ptb: dict[str, Any], cifar_break: pd.DataFram
         })
         choices += [{"prefix": prefix, "target": name, **best} for name, best in
                     (("cifar10_class", cls), ("cifar10_w1", w1), ("ptb_continuation", text))]
+        out.update({f"{prefix}{name}_{field}": best[field] for name, best in
+                    (("cifar10_class", cls), ("cifar10_w1", w1), ("ptb_continuation", text))
+                    for field in ("method", "sigma_rel")})
+    out.update({"cifar10_base_breakdown_frac_half_gap": float(cifar_break["base_breakdown_rel"].median()),
+                "ptb_base_breakdown_frac_nearest_token": float(ptb_break["base_breakdown_rel"].median())})
     return out, pd.DataFrame(choices)
 
 

@@ -15,8 +15,8 @@ generator and every certificate of :mod:`smoothgen.certify` applies to it unchan
   distances at temperature ``2σ²``, i.e. over logits ``(x·u_k − ‖u_k‖²/2)/σ²``. A smooth map; as
   ``τ → 0`` it tends to the projection. Not constant on any set, so it gets only the general
   certificates.
-- :class:`FrontEndGenerator`: wraps an adapter (:class:`~smoothgen.models.DiffusionGenerator`,
-  :class:`~smoothgen.models.LMGenerator`, ...) in the generator protocol; every other attribute
+- :class:`FrontEndGenerator`: wraps an adapter (:class:`~smoothgen.models.diffusion.DiffusionGenerator`,
+  :class:`~smoothgen.models.lm.LMGenerator`, ...) in the generator protocol; every other attribute
   (``conditions``, ``embedding_geometry``, ``vocab``, ...) is the base adapter's.
 """
 
