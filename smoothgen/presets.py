@@ -270,7 +270,7 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "refine_steps": 0},
         "cpu": {**_MEANINGFUL_BASE, "diffusion_steps": 5, "n_quality": 200, "batch_size": 100, "n_real": 10_000,
                 "bootstrap": 50, "grid_samples": 6, "n_projection": 100_000,
-                "cifar_grid": {"naive": [0.02, 0.1], "projection": [0.1, 0.25, 0.4], "soft": [0.25, 0.4],
+                "cifar_grid": {"naive": [0.02, 0.1], "projection": [0.1, 0.25, 0.4], "soft": [0.25],
                                "noise_trained": [0.1, 0.25], "noise_trained+soft": [0.25]},
                 "diffusion_noise_checkpoint": "diffusion_cifar10_noise", "lm_noise_checkpoint": "lm_ptb_noise",
                 "breakdown_classes": list(range(10)), "breakdown_pgd_steps": 6, "n_prompts": 40,

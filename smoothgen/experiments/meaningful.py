@@ -49,7 +49,7 @@ from smoothgen import certify, metrics
 from smoothgen.data import load_cifar10, load_ptb
 from smoothgen.experiments.attacks import ptb_breakdown
 from smoothgen.experiments.common import StudyResult, Stopwatch, finish
-from smoothgen.experiments.ptb import prompts
+from smoothgen.experiments.ptb import prompts, reference_nll
 from smoothgen.models.classifier import load_classifier
 from smoothgen.models.diffusion import load_diffusion
 from smoothgen.models.frontends import FrontEndGenerator, NearestEmbedding, SoftPosteriorMean
@@ -297,21 +297,6 @@ def nearest_token_distance(codebook: torch.Tensor, ids: torch.Tensor) -> np.ndar
     return d2.min(1).values.clamp_min(0).sqrt().numpy()
 
 
-def reference_nll(gen: Any, lm: Any, prompt: torch.Tensor, reference: torch.Tensor, sigma: float,
-                  draws: int, g: torch.Generator) -> float:
-    """Mean NLL per token of the reference continuation after ``draws`` noisy prompts through ``gen``'s front-end."""
-    embeds = lm.prompt_embeddings(prompt).expand(draws, -1, -1)
-    if sigma > 0:
-        embeds = embeds + sigma * torch.randn(embeds.shape, generator=g, device=embeds.device)
-    ref = reference.to(lm.device).expand(draws, -1)
-    with torch.inference_mode():
-        front = getattr(gen, "front", None)
-        embeds = embeds if front is None else front(embeds)
-        inputs = torch.cat([embeds, gen.model.transformer.wte(ref[:, :-1])], dim=1)
-        logits = gen.model(inputs_embeds=inputs).logits[:, prompt.numel() - 1 :].float()
-        return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), ref.flatten()))
-
-
 def ptb_prompt_config(models: Models, method: str, sigma: float, i: int, prompt: torch.Tensor,
                       reference: torch.Tensor, clean: torch.Tensor, params: dict[str, Any]) -> dict[str, Any]:
     """One prompt at one (method, σ): continuation draws, their match with the clean continuation, NLL."""
@@ -327,7 +312,8 @@ def ptb_prompt_config(models: Models, method: str, sigma: float, i: int, prompt:
     count = int((draws == clean).all(1).sum())
     p_lower, radius = cohen_radius(count, len(draws), sigma, params["alpha"]) if sigma > 0 else (math.nan, 0.0)
     texts = [models.shipped.vocab.decode(d.tolist()) for d in draws[: params["n_text"]]]
-    nll = reference_nll(gen, models.shipped, prompt, reference, sigma, params["nll_draws"], make_generator(seed + 5, "cpu"))
+    nll = reference_nll(getattr(gen, "base", gen), prompt, reference, sigma, params["nll_draws"],
+                        make_generator(seed + 5, "cpu"), front=getattr(gen, "front", None))
     return {"prompt_id": i, "method": method, "sigma": sigma, "match_count": count, "n": len(draws),
             "match_p_lower": p_lower, "continuation_radius": radius, "reference_nll": nll,
             "generator_passes": len(draws), "seconds": seconds, "texts": texts}

@@ -51,13 +51,15 @@ def prompts(tokens: torch.Tensor, eos_id: int, k: int, steps: int, count: int) -
 
 
 def reference_nll(lm: LMGenerator, prompt: torch.Tensor, reference: torch.Tensor, sigma: float,
-                  draws: int, generator: torch.Generator) -> float:
-    """Mean NLL per token of the reference continuation given ``draws`` noisy copies of the prompt."""
+                  draws: int, generator: torch.Generator, front: Any = None) -> float:
+    """Mean NLL per token of the reference continuation given ``draws`` noisy copies of the prompt
+    (passed through the fixed front-end ``front`` when one is given)."""
     embeds = lm.prompt_embeddings(prompt).expand(draws, -1, -1)
     if sigma > 0:
         embeds = embeds + sigma * torch.randn(embeds.shape, generator=generator, device=embeds.device)
     ref = reference.to(lm.device).expand(draws, -1)
     with torch.inference_mode():
+        embeds = embeds if front is None else front(embeds)
         inputs = torch.cat([embeds, lm.model.transformer.wte(ref[:, :-1])], dim=1)
         logits = lm.model(inputs_embeds=inputs).logits[:, prompt.numel() - 1 :].float()
         return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), ref.flatten()))

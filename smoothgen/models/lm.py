@@ -230,9 +230,8 @@ def stream_perplexity(model: GPT2LMHeadModel, tokens: Tensor, context: int = 128
     return {"perplexity": math.exp(nll), "nll": nll, "predictions": count, "context": context}
 
 
-def _window_nll(model: GPT2LMHeadModel, tokens: Tensor, starts: list[int], context: int,
-                device: torch.device) -> tuple[float, int]:
-    """Summed NLL and count over windows ``tokens[s : s + context]`` predicting the next token each."""
+def windows(tokens: Tensor, starts: list[int], context: int) -> tuple[Tensor, Tensor]:
+    """Inputs ``tokens[s : s + context]`` and next-token targets (``-100`` past the end), ``[len(starts), context]``."""
     n = tokens.numel()
     inputs = torch.zeros((len(starts), context), dtype=torch.long)
     targets = torch.full((len(starts), context), -100, dtype=torch.long)
@@ -240,6 +239,13 @@ def _window_nll(model: GPT2LMHeadModel, tokens: Tensor, starts: list[int], conte
         length = min(context, n - 1 - s)
         inputs[row, :length] = tokens[s : s + length]
         targets[row, :length] = tokens[s + 1 : s + 1 + length]
+    return inputs, targets
+
+
+def _window_nll(model: GPT2LMHeadModel, tokens: Tensor, starts: list[int], context: int,
+                device: torch.device) -> tuple[float, int]:
+    """Summed NLL and count over windows ``tokens[s : s + context]`` predicting the next token each."""
+    inputs, targets = windows(tokens, starts, context)
     logits = model(input_ids=inputs.to(device)).logits.float()
     nll = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), ignore_index=-100, reduction="sum")
     return float(nll), int((targets >= 0).sum())

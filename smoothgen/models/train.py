@@ -112,7 +112,7 @@ from smoothgen.models.checkpoints import (
 from smoothgen.models.classifier import ClassifierConfig, CifarResNet, classifier_name, random_crop_flip
 from smoothgen.models.diffusion import ClassConditionalUNet, DiffusionConfig, DiffusionGenerator
 from smoothgen.models.evaluation import evaluate_checkpoint
-from smoothgen.models.lm import LMConfig, LMGenerator, build_lm, stream_perplexity, vocab_path
+from smoothgen.models.lm import LMConfig, LMGenerator, build_lm, stream_perplexity, vocab_path, windows
 from smoothgen.models.training import EMA, EpochSampler, Task, fit, seeded_global_rng
 from smoothgen.presets import get_train_preset
 from smoothgen.results import atomic_write_text, package_versions
@@ -516,13 +516,7 @@ def noisy_stream_perplexity(model: Any, tokens: Tensor, context: int, sigma_max:
     total, count = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(starts), batch_size):
-            batch = starts[i : i + batch_size]
-            inputs = torch.zeros((len(batch), context), dtype=torch.long)
-            targets = torch.full((len(batch), context), -100, dtype=torch.long)
-            for row, s in enumerate(batch):
-                length = min(context, n - 1 - s)
-                inputs[row, :length] = tokens[s : s + length]
-                targets[row, :length] = tokens[s + 1 : s + 1 + length]
+            inputs, targets = windows(tokens, starts[i : i + batch_size], context)
             embeds = model.transformer.wte(inputs.to(device))
             noise, _ = condition_noise(embeds.shape, sigma_max, generator, device)
             logits = model(inputs_embeds=embeds + noise).logits.float()
