@@ -87,6 +87,22 @@ def kernel_environment(defaults: dict[str, str]) -> Iterator[None]:
             os.environ.pop(key, None)
 
 
+def clean_executed(path: Path) -> None:
+    """Make an executed notebook publishable: drop stderr stream outputs (warnings, progress bars) and
+    write papermill's input/output paths relative to the repository root (no machine's paths)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+    meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if meta.get(key) and os.path.isabs(meta[key]):
+            meta[key] = os.path.relpath(meta[key], repo_root())
+    nbformat.write(nb, path)
+
+
 def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None = None,
                  force: bool = False, results_root: Path | None = None) -> dict[str, Any]:
     """Execute one notebook with papermill unless its stamp says its inputs are unchanged.
@@ -113,6 +129,7 @@ def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None =
         if tmp.exists():  # keep the failed run for inspection, never as a result
             tmp.replace(out_dir / f"{notebook.stem}.failed.ipynb")
         raise
+    clean_executed(tmp)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp.replace(output)
     (out_dir / f"{notebook.stem}.failed.ipynb").unlink(missing_ok=True)

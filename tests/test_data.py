@@ -21,7 +21,7 @@ import torch
 
 from smoothgen import data
 
-SHARED = Path(os.environ.get("SMOOTHGEN_DATA") or "/work/shared/data")
+SHARED = Path(os.environ.get("SMOOTHGEN_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TRAIN_NAMES = tuple(f"data_batch_{k}" for k in range(1, 6))
 

@@ -27,7 +27,7 @@ from smoothgen.models.training import EpochSampler, lr_at, seeded_global_rng
 from smoothgen.presets import TRAIN_PRESETS, get_train_preset
 from smoothgen.runtime import make_generator
 
-DATA = os.environ.get("SMOOTHGEN_DATA", "/work/shared/data")
+DATA = os.environ.get("SMOOTHGEN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 SHIPPED_NAMES = ("diffusion_cifar10", "lm_ptb", "classifier_cifar10", "classifier_cifar10_sigma0.12",
                  "classifier_cifar10_sigma0.25", "classifier_cifar10_sigma0.50")

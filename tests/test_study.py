@@ -99,3 +99,19 @@ def test_every_notebook_has_presets_for_every_preset() -> None:
     assert names <= set(STUDY_PRESETS), f"notebooks without presets: {sorted(names - set(STUDY_PRESETS))}"
     for name in names:
         assert set(STUDY_PRESETS[name]) == {"smoke", "cpu", "gpu"}
+
+
+def test_clean_executed_drops_stderr_and_machine_paths(tmp_path: Path) -> None:
+    """Executed notebooks keep stdout and results, lose stderr streams, and name repo-relative paths."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text="Warning: /abs/path"),
+        nbformat.v4.new_output("stream", name="stdout", text="kept")])])
+    nb.metadata["papermill"] = {"input_path": str(study.repo_root() / "notebooks" / "a.ipynb"), "output_path": "b.ipynb"}
+    path = tmp_path / "a.ipynb"
+    nbformat.write(nb, path)
+    study.clean_executed(path)
+    out = nbformat.read(path, as_version=4)
+    assert [o["name"] for o in out.cells[0].outputs] == ["stdout"]
+    assert out.metadata["papermill"] == {"input_path": "notebooks/a.ipynb", "output_path": "b.ipynb"}

@@ -297,10 +297,10 @@ def nearest_token_distance(codebook: torch.Tensor, ids: torch.Tensor) -> np.ndar
     return d2.min(1).values.clamp_min(0).sqrt().numpy()
 
 
-def ptb_prompt_config(models: Models, method: str, sigma: float, i: int, prompt: torch.Tensor,
+def ptb_prompt_config(models: Models, gen: Any, method: str, sigma: float, i: int, prompt: torch.Tensor,
                       reference: torch.Tensor, clean: torch.Tensor, params: dict[str, Any]) -> dict[str, Any]:
-    """One prompt at one (method, σ): continuation draws, their match with the clean continuation, NLL."""
-    gen = models.shipped if sigma == 0 else generator_for(models, method, sigma)
+    """One prompt at one (method, σ) with that configuration's generator ``gen``: continuation draws,
+    their match with the clean continuation, NLL."""
     center, seed = models.shipped.prompt_embeddings(prompt), params["seed"] + 1000 * i
     start = time.perf_counter()
     if sigma == 0:
@@ -367,17 +367,18 @@ def ptb_block(models: Models, params: dict[str, Any]) -> dict[str, Any]:
     """Every PTB table of the notebook."""
     lm, test = models.shipped, load_ptb("test")
     pairs = prompts(test.tokens, test.vocab.eos_id, params["prompt_len"], params["steps"], params["n_prompts"])
-    unit = float(np.median(nearest_token_distance(models.codebook, torch.arange(len(models.codebook)))))
+    unit = lm.embedding_geometry()["nn_median"]
     sigmas = [rel * unit for rel in params["ptb_sigma_rel"]]
     clean = lm(torch.stack([lm.prompt_embeddings(p) for p, _ in pairs]), make_generator(0, "cpu")).cpu()
     clean_texts = [lm.vocab.decode(c.tolist()) for c in clean]
-    base = pd.DataFrame([ptb_prompt_config(models, "base", 0.0, i, p, r, clean[i], params)
+    base = pd.DataFrame([ptb_prompt_config(models, lm, "base", 0.0, i, p, r, clean[i], params)
                          for i, (p, r) in enumerate(pairs)])
     projection = ptb_projection(models.codebook, pairs, sigmas, params)
     per_prompt, quality = [], []
     for method in params["cifar_grid"]:
         for rel, sigma in zip(params["ptb_sigma_rel"], sigmas):
-            rows = pd.DataFrame([ptb_prompt_config(models, method, sigma, i, p, r, clean[i], params)
+            gen = generator_for(models, method, sigma)
+            rows = pd.DataFrame([ptb_prompt_config(models, gen, method, sigma, i, p, r, clean[i], params)
                                  for i, (p, r) in enumerate(tqdm(pairs, desc=f"{method} σ={rel}", leave=False))])
             if method == "projection":
                 proj = projection[projection["sigma"] == sigma].set_index("prompt_id")
