@@ -54,6 +54,7 @@ from smoothgen.smoothing import SmoothedGenerator, derive_seed
 __all__ = [
     "AttackResult",
     "CalibrationResult",
+    "CellSigma",
     "GramEstimate",
     "HutchinsonEstimate",
     "IntervalToy",
@@ -77,6 +78,7 @@ __all__ = [
     "noise_certificate",
     "per_class_table",
     "per_step_condition",
+    "safe_margin",
     "schedule_for",
     "schedule_noise",
     "sketch_gram",
@@ -903,11 +905,71 @@ class SigmaTable:
 
     def inferred_certified_radius(self, c: Tensor, class_id: int, tv_level: float) -> float:
         """Certified radius at TV ≤ ``tv_level`` if the class were inferred by nearest center:
-        ``min(σ_k-radius, voronoi_margin(c))`` (0 when ``c`` is not in the cell of ``class_id``)."""
+        ``min(σ_k-radius, m)`` for the **open** ball ``‖δ‖ < radius`` (the lookup may change on the
+        boundary itself), with the Voronoi margin ``m`` shrunk by a relative ``1e-9`` so that float64
+        rounding cannot place it outside the cell (0 when ``c`` is not in the cell of ``class_id``)."""
         if self.centers is None:
             raise ValueError("the table has no centers: pass centers to build it")
         margin = voronoi_margin(c, self.centers, class_id)
-        return max(0.0, min(float(self.certificate(class_id).certified_radius(tv_level)), margin))
+        return max(0.0, min(float(self.certificate(class_id).certified_radius(tv_level)), safe_margin(margin)))
+
+
+def safe_margin(margin: float) -> float:
+    """A margin computed in float64, lowered by ``1e-9`` relative: certified balls stay inside the cell."""
+    return margin - 1e-9 * abs(margin) - 1e-300 if margin > 0 else margin
+
+
+@dataclass(frozen=True)
+class CellSigma:
+    r"""σ read off the cells of the received condition, for a projection front-end.
+
+    ``σ(c') = min_l s[k_l(c')]``: every row ``c'_l`` (a class embedding: one row; a prompt: one per
+    token) is snapped to its codeword ``k_l(c')`` and ``s`` is a table fixed offline (one σ per
+    codeword, e.g. proportional to its half gap). The mechanism is
+    ``c' ↦ G(h(c' + σ(c') ε))``.
+
+    Why it is sound. Let ``m(c) = min_l`` (margin of row ``c_l`` in its cell). For ``‖δ‖ < m(c)``
+    the lookup cannot change, so on that open ball the mechanism *is* smoothing at the fixed
+    ``σ = σ(c)`` and every fixed-σ bound holds there. The concentration certificate never needs
+    more: with ``p̲ ≤ P(A) ≤ Φ(m/σ)`` (``A`` lies inside the half-space of the nearest face), its
+    identity radius ``σΦ⁻¹(p̲)`` is ``≤ m`` on the event (probability ``≥ 1 − α``) where ``p̲``
+    is valid. Beyond ``m`` nothing is claimed (TV bound 1). :meth:`certificate` applies both caps.
+
+    Attributes
+    ----------
+    indices
+        The projection's index map ``[L, E] -> [L]`` (e.g. ``NearestEmbedding.indices``).
+    margins
+        ``(x [L, E], ids [L]) -> [L]`` signed distances to the cell boundaries (``NearestEmbedding.margins``).
+    table
+        ``[K]`` σ per codeword (finite, ``> 0`` where it can be read).
+    """
+
+    indices: Callable[[Tensor], Tensor]
+    margins: Callable[[Tensor, Tensor], Tensor]
+    table: Tensor
+
+    def sigma(self, condition: Tensor) -> float:
+        """``σ(c') = min_l s[k_l(c')]`` for one condition ``[L, E]`` (or ``[E]``)."""
+        sigma = float(self.table[self.indices(condition).flatten()].min())
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"the table gives sigma={sigma} for this condition; every read entry must be finite and > 0")
+        return sigma
+
+    def certificate(self, condition: Tensor, count: int, n: int, radius: float, alpha: float,
+                    diameter: float = 1.0) -> certify.ConcentrationCertificate:
+        """:func:`smoothgen.certify.concentration_certificate` at ``σ(c)`` (``count`` of ``n`` draws
+        ``c + σ(c) ε`` stayed in the cells of ``c``), valid for ``‖δ‖ < min(radius-ball, m(c))``:
+        TV and W₁ bounds become ``1`` and ``D`` once ``radius ≥ m(c)``, the identity radius is capped at ``m(c)``."""
+        rows = condition.reshape(-1, condition.shape[-1])
+        ids = self.indices(rows)
+        margin = safe_margin(float(self.margins(rows, ids).min()))
+        cert = certify.concentration_certificate(count, n, radius, self.sigma(rows), alpha, diameter)
+        outside = np.asarray(radius) >= margin
+        tv = np.where(outside, 1.0, cert.tv)
+        w1 = np.where(outside, float(diameter), cert.w1)
+        return replace(cert, tv=tv if np.ndim(tv) else float(tv), w1=w1 if np.ndim(w1) else float(w1),
+                       identity_radius=max(0.0, min(cert.identity_radius, margin)))
 
 
 def table_from_grid(sigmas: Sequence[float], values: Any, target: Target, classes: Mapping[int, Sequence[int]],

@@ -160,6 +160,13 @@ _ATTACKS_BASE = {
     "ptb_prompt_len": 5, "ptb_sigma_rel": 0.02, "ptb_restarts": 1,
     "ptb_radii_rel": [0.005, 0.02, 0.05],
     "ptb_breakdown_grid_rel": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4],
+    # the projection front-end's certificate under attack, at notebook 08's chosen σ (CIFAR-10: over the
+    # smallest half class gap; PTB: over the median nearest-token distance); radii over each class's own
+    # half gap / the median nearest-token distance, plus 0.999 × each condition's certified identity radius
+    "cell_alpha": 0.001, "cell_cifar_sigma_rel": 0.25, "cell_cifar_radii_rel": [0.25, 0.5, 0.75, 1.0],
+    "cell_ptb_sigma_rel": 0.1, "cell_ptb_radii_rel": [0.1, 0.2], "cell_pgd_steps": 30, "cell_restarts": 2,
+    "cell_n_cert": 100_000, "cell_n_fresh": 100_000, "cell_ptb_n": 10_000, "cell_ptb_prompts": 10,
+    "cell_n_images": 64, "cell_n_texts": 100,
 }
 
 _ADAPTIVE_TOY = {"toy_boundaries": [0.0], "toy_sigma_range": [0.01, 10.0], "toy_sigma_points": 301, "toy_kappa": 0.99,
@@ -172,7 +179,12 @@ _ADAPTIVE_PTB = ["isotropic", "anisotropic-lowrank", "anisotropic-diagonal"]
 _ADAPTIVE_BASE = {"seed": 0, "device": None, "guidance_scale": None, "classes": list(range(10)), "alpha": 0.05,
          "kappa": 0.5, "target_fraction": 0.6, "ptb_tolerance": 0.3, "tv_level": 0.5, "power": 1.0,
          "max_ratio": 4.0, "is_splits": 2, "gram_oversample": 4, "gram_iters": 1, "prompt_len": 5,
-         "cifar_strategies": _ADAPTIVE_CIFAR, "ptb_strategies": _ADAPTIVE_PTB, **_ADAPTIVE_TOY}
+         "cifar_strategies": _ADAPTIVE_CIFAR, "ptb_strategies": _ADAPTIVE_PTB, **_ADAPTIVE_TOY,
+         # σ read off the projected condition's cells (κ × a half gap / half nearest-token distance):
+         # quality target P(leave the cells) <= cell_max_exit, radius maximised under it, at level cell_alpha
+         "cell_alpha": 0.001, "cell_kappas": [0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5], "cell_max_exit": 0.02,
+         "cell_pass_fraction": 0.9, "cell_n_cal": 10_000, "cell_n_cert": 100_000, "cell_ptb_n_cal": 2000,
+         "cell_ptb_n": 10_000}
 
 # Notebook 08: σ relative to the smallest half class gap (CIFAR-10) and to the median nearest-token
 # distance (PTB); the grids reach where a projected condition still snaps back almost surely.
@@ -240,7 +252,10 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "cifar_base_noises": 1, "cifar_base_pgd_steps": 2, "cifar_breakdown_grid_rel": [0.005, 0.1],
                   "ptb_prompts": 1, "ptb_steps": 3, "ptb_radii_rel": [0.005, 0.05], "ptb_n0": 4, "ptb_n": 16,
                   "ptb_n_eot": 4, "ptb_pgd_steps": 2, "ptb_n_fresh": 16, "ptb_batch_size": 32, "ptb_base_pgd_steps": 2,
-                  "ptb_breakdown_grid_rel": [0.005, 0.1], "refine_steps": 0},
+                  "ptb_breakdown_grid_rel": [0.005, 0.1], "refine_steps": 0, "cell_cifar_radii_rel": [0.5],
+                  "cell_ptb_radii_rel": [0.1], "cell_pgd_steps": 3, "cell_restarts": 1, "cell_n_cert": 2000,
+                  "cell_n_fresh": 2000, "cell_ptb_n": 200, "cell_ptb_prompts": 1, "cell_n_images": 4,
+                  "cell_n_texts": 8},
         "cpu": {**_ATTACKS_BASE, "toy_trials": 1000,
                 "cifar_classes": [1, 3, 5, 8], "cifar_sample_steps": 5,
                 "cifar_batch_size": 64, "cifar_n_cert": 128, "cifar_n_pilot": 8, "cifar_n_fresh": 32, "cifar_n_eot": 4,
@@ -255,7 +270,9 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "cifar_base_noises": 8, "cifar_base_pgd_steps": 20, "refine_steps": 4,
                 "ptb_prompts": 100, "ptb_steps": 10, "ptb_n0": 100, "ptb_n": 10_000, "ptb_n_eot": 128,
                 "ptb_pgd_steps": 30, "ptb_restarts": 2, "ptb_n_fresh": 10_000, "ptb_batch_size": 5000,
-                "ptb_base_pgd_steps": 20},
+                "ptb_base_pgd_steps": 20, "cell_pgd_steps": 50, "cell_restarts": 4, "cell_n_cert": 1_000_000,
+                "cell_n_fresh": 1_000_000, "cell_ptb_n": 100_000, "cell_ptb_prompts": 100, "cell_n_images": 1000,
+                "cell_n_texts": 1000},
     },
     "08_meaningful_radii": {
         "smoke": {**_MEANINGFUL_BASE, "diffusion_steps": 2, "classes": [0, 1], "n_quality": 4, "batch_size": 8,
@@ -292,7 +309,9 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "ptb_gram_rank": 2, "gram_probes": 2, "gram_max_rows": 16, "target_fraction": 0.5,
                   "cifar_n_cal": 8, "cifar_n_eval": 8, "cifar_scales": [0.05, 0.2], "cifar_target_radii_rel": [0.001],
                   "ptb_steps": 4, "n_prompts": 6, "ptb_n_cal": 8, "ptb_n_eval": 8, "ptb_scales": [0.02, 0.05, 0.2],
-                  "ptb_target_radii_rel": [0.0005, 0.002], "toy_sigma_points": 61, "toy_curve_points": 21},
+                  "ptb_target_radii_rel": [0.0005, 0.002], "toy_sigma_points": 61, "toy_curve_points": 21,
+                  "cell_kappas": [0.2, 0.3], "cell_n_cal": 200, "cell_n_cert": 1000, "cell_ptb_n_cal": 50,
+                  "cell_ptb_n": 100},
         "cpu": {**_ADAPTIVE_BASE, "models": "checkpoints", "tasks": ["cifar10", "ptb"], "steps": 10, "n_real": 2000,
                 "batch_size": 80, "gram_method": "sketch", "gram_draws": 1, "gram_rank": 6, "ptb_gram_rank": 16,
                 "gram_probes": 8, "gram_max_rows": 5,
@@ -307,7 +326,8 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "cifar_n_cal": 1000, "cifar_n_eval": 1000, "cifar_scales": [0.0015, 0.003, 0.006, 0.0125, 0.025, 0.05],
                 "cifar_target_radii_rel": [0.0025, 0.005, 0.01, 0.02, 0.05], "ptb_steps": 10, "n_prompts": 200,
                 "ptb_n_cal": 1000, "ptb_n_eval": 1000, "ptb_scales": [0.00625, 0.0125, 0.025, 0.05, 0.1, 0.2],
-                "ptb_target_radii_rel": [0.0025, 0.005, 0.01, 0.02, 0.05]},
+                "ptb_target_radii_rel": [0.0025, 0.005, 0.01, 0.02, 0.05], "cell_n_cal": 100_000,
+                "cell_n_cert": 1_000_000, "cell_ptb_n_cal": 20_000, "cell_ptb_n": 100_000},
     },
 }
 

@@ -47,7 +47,8 @@ from scipy import special
 from smoothgen import attacks as A
 from smoothgen import certify
 from smoothgen.data import PTB, Vocabulary, load_ptb
-from smoothgen.experiments.common import StudyResult, Stopwatch, finish
+from smoothgen.experiments import frontends
+from smoothgen.experiments.common import StudyResult, Stopwatch, finish, trial
 from smoothgen.models.classifier import CifarResNet, ClassifierConfig, load_classifier
 from smoothgen.models.diffusion import (
     DEFAULT_GUIDANCE_SCALE, ClassConditionalUNet, DiffusionConfig, DiffusionGenerator, load_diffusion,
@@ -67,15 +68,6 @@ RMS = math.sqrt(PIXELS)
 # --------------------------------------------------------------------------------------------
 # trial rows
 # --------------------------------------------------------------------------------------------
-def trial(estimate: A.Estimate, certified: float, **fields: Any) -> dict[str, Any]:
-    """One trials-table row: the fields, the comparison, :func:`smoothgen.attacks.is_violation`."""
-    ratio = estimate.value / certified if certified > 0 else math.nan
-    return {**fields, "n_fresh": estimate.n, "achieved": estimate.value, "achieved_stderr": estimate.stderr,
-            "achieved_lower": estimate.lower, "certified": certified,
-            "violation": bool(A.is_violation(estimate.lower, certified)), "ratio": ratio,
-            "gap": certified - estimate.value}
-
-
 def exact(value: float) -> A.Estimate:
     """An exactly known achieved value (no Monte-Carlo error)."""
     return A.Estimate(value, 0.0, 0, value)
@@ -516,15 +508,21 @@ def run(params: dict[str, Any]) -> StudyResult:
     toy = toy_trials(params).to_dict("records")
     cifar_trials, cifar_down, cifar_geometry, images = cifar_block(models, params)
     ptb_trials, ptb_down, ptb_geometry, texts = ptb_block(models, test, params)
+    cell_cifar, cell_extra = frontends.cifar_cell_block(models.diffusion, models.evaluator, params)
+    cell_prompts = ptb_prompts(test.tokens, test.vocab.eos_id, params["ptb_prompt_len"], params["ptb_steps"],
+                               params["cell_ptb_prompts"])
+    cell_ptb, cell_texts = frontends.ptb_cell_block(models.lm, cell_prompts, params)
+    cell_trials = pd.DataFrame(cell_cifar + cell_ptb)
     trials = pd.DataFrame(toy + cifar_trials + ptb_trials)
     trials = trials[[*A.TRIAL_COLUMNS, *[c for c in trials.columns if c not in A.TRIAL_COLUMNS]]]
     curves = [_curves(cifar_down, cifar_geometry, params["cifar_breakdown_grid_rel"]),
               _curves(ptb_down, ptb_geometry, params["ptb_breakdown_grid_rel"])]
     tables = {"trials": trials, "summary": summarise(trials), "breakdown": pd.concat([cifar_down, ptb_down]),
               "robustness": pd.concat(curves, ignore_index=True), "texts": pd.DataFrame(texts),
-              "geometry": pd.DataFrame([cifar_geometry, ptb_geometry])}
+              "geometry": pd.DataFrame([cifar_geometry, ptb_geometry]), "cell_trials": cell_trials,
+              "cell_summary": summarise(cell_trials), "cell_texts": pd.DataFrame(cell_texts)}
     rule = f"violation: one-sided lower confidence bound of achieved (level Phi(-{params['violation_z']})) > certified"
     result = finish(EXPERIMENT, params, tables, seed=params["seed"], clock=clock, models=models.source,
                     data_variant=f"CIFAR-10 models: {models.cifar_variant}; PTB: {test.variant}", violation_rule=rule)
-    result.extras.update(images=images, classes=params["cifar_classes"])
+    result.extras.update(images=images, classes=params["cifar_classes"], cell_images=cell_extra["images"])
     return result

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 from smoothgen import calibrate as cal
 from smoothgen import certify, metrics
 from smoothgen.data import load_cifar10, load_ptb
+from smoothgen.experiments import frontends
 from smoothgen.experiments.common import StudyResult, Stopwatch, finish
 from smoothgen.experiments.ptb import prompts as ptb_prompts
 from smoothgen.models.classifier import CifarResNet, ClassifierConfig, load_classifier
@@ -219,7 +220,8 @@ def cifar_task(params: dict[str, Any], device: torch.device) -> Task:
                 "class_consistency", ["class_consistency", "fid_evaluator", "is_evaluator"], sampler.base,
                 params["cifar_scales"], params["cifar_target_radii_rel"], params["cifar_n_cal"], params["cifar_n_eval"],
                 info={"gram": gram, "gram_time": clock.elapsed, "geometry": geometry, "variant": test.variant,
-                      "guidance_scale": diffusion.guidance_scale, "dim": diffusion.embedding_dim})
+                      "guidance_scale": diffusion.guidance_scale, "dim": diffusion.embedding_dim,
+                      "codebook": diffusion.conditions()})
 
 
 def _pick(strategies: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -312,7 +314,7 @@ def ptb_task(params: dict[str, Any], device: torch.device) -> Task:
                 ["bleu_vs_clean", "rougeL_vs_clean", "rougeL_vs_reference", "exact_match_clean"], sampler.base,
                 params["ptb_scales"], params["ptb_target_radii_rel"], params["ptb_n_cal"], params["ptb_n_eval"],
                 info={"gram": gram, "gram_time": clock.elapsed, "geometry": geometry, "variant": test.variant,
-                      "dim": int(math.prod(shape))})
+                      "dim": int(math.prod(shape)), "lm": lm, "prompts": [p for p, _ in pairs]})
 
 
 # ============================================================================================
@@ -531,9 +533,9 @@ def run(params: dict[str, Any]) -> StudyResult:
     device = resolve_device(params.get("device"))
     builders = {"cifar10": cifar_task, "ptb": ptb_task}
     frontiers, calibrations, sensitivities, geometry, variants = [], [], [], [], []
-    primary = {}
+    primary, tasks = {}, {}
     for name in params["tasks"]:
-        task = builders[name](params, device)
+        task = tasks[name] = builders[name](params, device)
         cells = sweep(task, params)
         frontiers.append(frontier(task, cells, params))
         calibrations.append(calibrated(task, cells, params))
@@ -543,12 +545,16 @@ def run(params: dict[str, Any]) -> StudyResult:
         variants.append(f"{name}: {task.info['variant']}")
         primary[name] = task.primary
     attack, curve, lookup = counterexample(params)
+    cell_sigma = frontends.cell_sigma_block(tasks["cifar10"].info["codebook"] if "cifar10" in tasks else None,
+                                       tasks["ptb"].info["lm"] if "ptb" in tasks else None,
+                                       tasks["ptb"].info["prompts"] if "ptb" in tasks else [], params)
     calibration = pd.concat(calibrations, ignore_index=True)
     front = pd.concat(frontiers, ignore_index=True)
     tables = {"frontier": front, "versus_isotropic": versus_isotropic(front, primary), "calibrated": calibration,
               "wins": wins(calibration, primary, params["target_fraction"]),
               "sensitivity": pd.concat(sensitivities, ignore_index=True),
               "geometry": pd.DataFrame(geometry), "counterexample": attack, "counterexample_curve": curve,
-              "table_lookup": lookup}
+              "table_lookup": lookup, "cell_sigma": cell_sigma,
+              "cell_sigma_summary": frontends.cell_sigma_summary(cell_sigma)}
     return finish(EXPERIMENT, params, tables, seed=params["seed"], data_variant="; ".join(variants) or None,
                   clock=clock, models=params["models"])

@@ -1,7 +1,8 @@
-"""What every experiment shares: its result object, the writer of its tables, its banner."""
+"""What every experiment shares: its result object, the writer of its tables, its banner, its attack-trial rows."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from smoothgen import attacks as A
 from smoothgen.results import results_dir, run_meta, write_json, write_table
 
 
@@ -61,3 +63,12 @@ def banner(meta: dict[str, Any]) -> str:
     data = meta.get("data_variant") or "no dataset"
     return (f"**Run:** preset `{meta['preset']}` · seed {meta['seed']} · commit `{commit}` · "
             f"{meta['date']} · data: {data} · {meta['machine']} · {meta['wall_time_s']:.0f} s")
+
+
+def trial(estimate: A.Estimate, certified: float, **fields: Any) -> dict[str, Any]:
+    """One trials-table row: the fields, the comparison, :func:`smoothgen.attacks.is_violation`."""
+    ratio = estimate.value / certified if certified > 0 else math.nan
+    return {**fields, "n_fresh": estimate.n, "achieved": estimate.value, "achieved_stderr": estimate.stderr,
+            "achieved_lower": estimate.lower, "certified": certified,
+            "violation": bool(A.is_violation(estimate.lower, certified)), "ratio": ratio,
+            "gap": certified - estimate.value}

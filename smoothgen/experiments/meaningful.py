@@ -374,20 +374,22 @@ def ptb_block(models: Models, params: dict[str, Any]) -> dict[str, Any]:
     base = pd.DataFrame([ptb_prompt_config(models, lm, "base", 0.0, i, p, r, clean[i], params)
                          for i, (p, r) in enumerate(pairs)])
     projection = ptb_projection(models.codebook, pairs, sigmas, params)
+    own = {"shipped": (clean, clean_texts)}
     per_prompt, quality = [], []
     for method in params["cifar_grid"]:
         for rel, sigma in zip(params["ptb_sigma_rel"], sigmas):
             gen = generator_for(models, method, sigma)
-            rows = pd.DataFrame([ptb_prompt_config(models, gen, method, sigma, i, p, r, clean[i], params)
+            ref, ref_texts = own_clean(models, method, pairs, own)
+            rows = pd.DataFrame([ptb_prompt_config(models, gen, method, sigma, i, p, r, ref[i], params)
                                  for i, (p, r) in enumerate(tqdm(pairs, desc=f"{method} σ={rel}", leave=False))])
             if method == "projection":
                 proj = projection[projection["sigma"] == sigma].set_index("prompt_id")
                 rows["match_radius"] = rows["continuation_radius"]
                 rows["continuation_radius"] = proj.loc[rows["prompt_id"], "continuation_radius"].to_numpy()
-            scores = ptb_text_scores(rows, clean_texts, certified_only=True)
+            scores = ptb_text_scores(rows, ref_texts, certified_only=True)
             quality.append({"method": method, "sigma_rel": rel, "sigma": sigma, **scores,
                             "perplexity_ratio": scores["reference_perplexity"] / math.exp(base["reference_nll"].mean()),
-                            **paired_bootstrap(rows, base, clean_texts, params["bootstrap_text"], params["seed"])})
+                            **paired_bootstrap(rows, base, ref_texts, params["bootstrap_text"], params["seed"])})
             per_prompt.append(rows.assign(sigma_rel=rel))
     table = pd.concat(per_prompt, ignore_index=True)
     nn = np.stack([nearest_token_distance(models.codebook, p) for p, _ in pairs])
@@ -397,6 +399,17 @@ def ptb_block(models: Models, params: dict[str, Any]) -> dict[str, Any]:
     return {"pairs": pairs, "clean": clean, "clean_texts": clean_texts, "unit": unit, "base": base,
             "projection": projection.assign(sigma_rel=projection["sigma"] / unit), "per_prompt": table,
             "quality": pd.DataFrame(quality), "variant": test.variant}
+
+
+def own_clean(models: Models, method: str, pairs: list, cache: dict[str, Any]) -> tuple[torch.Tensor, list[str]]:
+    """The clean greedy continuations of ``method``'s own base model (a noise-trained LM is measured
+    against its own, not the shipped model's), computed once per base into ``cache``."""
+    key = "noise_trained" if method.startswith("noise_trained") else "shipped"
+    if key not in cache:
+        lm = models.shipped
+        out = models.noise_trained(torch.stack([lm.prompt_embeddings(p) for p, _ in pairs]), make_generator(0, "cpu"))
+        cache[key] = out.cpu(), [lm.vocab.decode(c.tolist()) for c in out.cpu()]
+    return cache[key]
 
 
 def ptb_breakdowns(lm: Any, block: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:

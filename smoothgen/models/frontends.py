@@ -107,13 +107,36 @@ class NearestEmbedding:
         """The snapped embeddings ``u_{k(x)}``, same shape, dtype and device as ``x``."""
         return self.codebook.to(device=x.device, dtype=x.dtype)[self.indices(x)]
 
-    def hits(self, center_ids: Tensor, unit_noise: Tensor, sigmas: Sequence[float]) -> list[int]:
-        """For each σ, how many draws ``u_{center} + σ ξ_i`` snap back to ``center_ids`` in every row.
+    def margins(self, x: Tensor, ids: Tensor) -> Tensor:
+        r"""Signed distance of every row of ``x [L, E]`` to the boundary of the cell of ``ids [L]``:
+
+        .. math:: m_l = \min_{v \ne k_l} \frac{\|x_l - u_v\|^2 - \|x_l - u_{k_l}\|^2}{2\|u_{k_l} - u_v\|}
+
+        (float64; positive inside the cell, the largest ``ρ`` with ``k(x_l + δ) = k_l`` for all
+        ``‖δ‖ < ρ``). At a codeword it is half its distance to the nearest other one.
+        """
+        ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+        _check_input(x, self.dim)
+        if x.ndim != 2 or x.shape[0] != ids.numel():
+            raise ValueError(f"x must be [{ids.numel()}, {self.dim}] to match ids, got {tuple(x.shape)}")
+        book, xd = self.codebook.double().to(x.device), x.double()
+        own = book[ids.to(x.device)]
+        lift = xd @ book.T - self._half_sq.to(x.device)
+        gap = (lift.gather(1, ids[:, None].to(x.device)) - lift)
+        sep = torch.cdist(own, book)
+        gap[torch.arange(ids.numel()), ids] = math.inf
+        return (gap / sep.clamp_min(torch.finfo(torch.float64).tiny)).amin(1)
+
+    def hits(self, center_ids: Tensor, unit_noise: Tensor, sigmas: Sequence[float],
+             points: Tensor | None = None) -> list[int]:
+        """For each σ, how many draws ``x + σ ξ_i`` snap to ``center_ids`` in every row.
 
         ``center_ids [L]`` indexes the codebook (a class: ``L = 1``; a prompt: its tokens);
-        ``unit_noise [n, L, E]`` holds standard normal ``ξ_i``. One matrix product serves every σ
-        (``x·u_k = u_c·u_k + σ ξ·u_k``), so the draws are common to all σ. A draw counts only if
-        all ``L`` rows stay in their own cell (the event ``A`` of the concentration certificate).
+        ``points [L, E]`` is ``x`` (default: the codewords ``u_{center}`` themselves; an attacked
+        condition ``u + δ`` otherwise); ``unit_noise [n, L, E]`` holds standard normal ``ξ_i``. One
+        matrix product serves every σ (``x·u_k + σ ξ·u_k``), so the draws are common to all σ. A
+        draw counts only if all ``L`` rows land in the cells of ``center_ids`` (the event ``A`` of
+        the concentration certificate).
         """
         ids = torch.as_tensor(center_ids, dtype=torch.long).flatten()
         if unit_noise.ndim != 3 or unit_noise.shape[1:] != (ids.numel(), self.dim):
@@ -121,7 +144,11 @@ class NearestEmbedding:
         if any(not (math.isfinite(s) and s > 0) for s in sigmas):
             raise ValueError(f"every sigma must be finite and > 0, got {list(sigmas)}")
         book = self.codebook.to(unit_noise.device)
-        center = book[ids.to(book.device)]
+        if points is not None:
+            _check_input(points, self.dim)
+            if points.shape != (ids.numel(), self.dim):
+                raise ValueError(f"points must be [{ids.numel()}, {self.dim}], got {tuple(points.shape)}")
+        center = book[ids.to(book.device)] if points is None else points.to(book.device, torch.float64)
         rows = max(1, self.chunk_rows // ids.numel())
         counts = [0] * len(sigmas)
         with torch.no_grad():
