@@ -623,7 +623,7 @@ def cell_exit_bound(codebook: Tensor, ids: Tensor | Sequence[int], sigma: float)
         raise ValueError(f"sigma must be finite and > 0, got {sigma}")
     own = book[k]
     sep = torch.cdist(own, book)
-    mask = torch.zeros_like(sep, dtype=torch.bool)
+    mask = torch.zeros_like(sep, dtype=torch.bool)  # own codeword: no face
     mask[torch.arange(len(k)), k] = True
     half_sq = 0.5 * (book**2).sum(1)
 
@@ -632,8 +632,8 @@ def cell_exit_bound(codebook: Tensor, ids: Tensor | Sequence[int], sigma: float)
             raise ValueError(f"points must be [B, {own.shape[0]}, {own.shape[1]}], got {tuple(u.shape)}")
         lift = u.to(torch.float64) @ book.T - half_sq
         gap = lift.gather(-1, k.to(u.device).expand(u.shape[:-1]).unsqueeze(-1)) - lift
-        distance = (gap / sep.to(u.device)).masked_fill(mask.to(u.device), math.inf)
-        log_cross = torch.special.log_ndtr(-distance / sigma)
+        distance = gap / sep.to(u.device).masked_fill(mask.to(u.device), 1.0)
+        log_cross = torch.special.log_ndtr(-distance / sigma).masked_fill(mask.to(u.device), -math.inf)
         return torch.logsumexp(log_cross.flatten(-2), dim=-1)
 
     return objective

@@ -461,3 +461,28 @@ def test_experiment_runs_on_random_tiny_models_and_writes_the_trials_table(tmp_p
     images = result.extras["images"]
     assert len(images["attacked_samples"]) == 2 * 3 and images["center_samples"][0].shape == (8, 3, 32, 32)
     assert len(result["texts"]) == 1
+
+
+# ----------------------------------------------------------------------------- the projection front-end's cells
+def test_cell_exit_bound_is_exact_for_two_cells_and_an_upper_bound_otherwise() -> None:
+    two = torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    objective = A.cell_exit_bound(two, [0], 0.5)
+    u = torch.tensor([[[0.3, 1.0]]], dtype=torch.float64)
+    assert math.exp(float(objective(u)[0])) == pytest.approx(special.ndtr(-(1.0 - 0.3) / 0.5), rel=1e-12)
+    book = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    sigma, ids = 0.6, torch.tensor([2, 5])
+    point = book[ids] + 0.1
+    xi = torch.randn(200_000, 2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    nearest = torch.cdist((point + sigma * xi).reshape(-1, 3), book).argmin(1).reshape(-1, 2)
+    exit_mc = float((nearest != ids).any(1).double().mean())
+    bound = math.exp(float(A.cell_exit_bound(book, ids, sigma)(point[None])[0]))
+    assert exit_mc > 0.01 and bound >= exit_mc - 4 * math.sqrt(exit_mc / 200_000)
+
+
+def test_pgd_on_the_cell_exit_bound_finds_the_nearest_face() -> None:
+    book = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 5.0], [-3.0, 0.0]], dtype=torch.float64)
+    r, sigma = 0.6, 0.3
+    out = A.pgd(A.cell_exit_bound(book, [0], sigma), book[:1], r, generator=make_generator(0, "cpu"), steps=40,
+                restarts=2)
+    assert out.delta.norm() == pytest.approx(r, rel=1e-6)
+    assert torch.allclose(out.delta[0] / r, torch.tensor([1.0, 0.0], dtype=torch.float64), atol=1e-3)

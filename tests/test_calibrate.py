@@ -544,3 +544,51 @@ def test_sketch_gram_is_unbiased_and_finds_the_top_subspace() -> None:
     assert bool(((gram.diagonal - torch.diag(exact)).abs() <= 5 * sd).all())
     with pytest.raises(ValueError, match="rank"):
         cal.sketch_gram(op, rank=7, probes=2)
+
+
+# ----------------------------------------------------------------------------- σ read off the cells
+def _cells(book: torch.Tensor) -> tuple:
+    from smoothgen.models.frontends import NearestEmbedding
+
+    front = NearestEmbedding(book)
+    return front, cal.CellSigma(front.indices, front.margins, torch.tensor([0.4, 0.8, 0.8], dtype=F64))
+
+
+def test_cell_sigma_is_read_off_the_received_condition() -> None:
+    book = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], dtype=F64)
+    _, table = _cells(book)
+    assert table.sigma(torch.tensor([0.2, 0.1], dtype=F64)) == 0.4
+    assert table.sigma(torch.tensor([2.9, 0.0], dtype=F64)) == 0.8
+    assert table.sigma(torch.tensor([[0.1, 0.0], [2.9, 0.0]], dtype=F64)) == 0.4  # a prompt: the smallest
+
+
+def test_cell_sigma_certificate_claims_nothing_beyond_the_margin() -> None:
+    book = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], dtype=F64)
+    _, table = _cells(book)
+    cert = table.certificate(book[0], 100_000, 100_000, np.array([1.0, 1.5, 2.0]), 0.001)
+    assert cert.tv[0] < 1 and cert.tv[1] == 1.0 and cert.tv[2] == 1.0  # margin of u_0: 1.5
+    assert cert.w1[2] == 1.0 and cert.identity_radius < 1.5
+
+
+def test_cell_sigma_certificate_holds_under_the_face_attack_over_seeds() -> None:
+    """Two cells: the exit probability after a move of r towards the face is Φ(−(m − r)/σ) exactly;
+    over 1,000 certification samples it stays below the certified bound in at least 1 − α of them."""
+    book = torch.tensor([[0.0, 0.0], [3.0, 0.0]], dtype=F64)
+    front, _ = _cells(torch.cat([book, torch.tensor([[0.0, 40.0]], dtype=F64)]))
+    table = cal.CellSigma(front.indices, front.margins, torch.tensor([0.6, 0.6, 0.6], dtype=F64))
+    p, alpha, n = special.ndtr(1.5 / 0.6), 0.01, 2000
+    counts = np.random.default_rng(0).binomial(n, p, size=1000)
+    held = []
+    for count in counts:
+        cert = table.certificate(book[0], int(count), n, 0.0, alpha)
+        r = 0.999 * cert.identity_radius
+        bound = float(table.certificate(book[0], int(count), n, r, alpha).tv)
+        held.append(special.ndtr(-(1.5 - r) / 0.6) <= bound + 1e-12 and cert.identity_radius <= 1.5)
+    assert np.mean(held) >= 1 - alpha - 3 * math.sqrt(alpha / 1000)
+
+
+def test_inferred_radius_stays_strictly_inside_the_margin() -> None:
+    centers = torch.tensor([[0.0], [1.0]], dtype=F64)
+    table = cal.SigmaTable({0: 10.0}, (1,), centers=centers)
+    radius = table.inferred_certified_radius(torch.tensor([0.0], dtype=F64), 0, 0.9)
+    assert 0 < radius < cal.voronoi_margin(torch.tensor([0.0], dtype=F64), centers, 0) == 0.5

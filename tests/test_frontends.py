@@ -48,6 +48,33 @@ def test_hits_count_the_draws_that_stay_in_every_cell() -> None:
     assert expected[0] > expected[-1]  # the test sees both regimes: most stay, many leave
 
 
+def test_hits_at_an_attacked_point_match_brute_force() -> None:
+    book = _codebook(k=30, e=8)
+    ids = torch.tensor([3, 17])
+    point = book[ids] + 0.3 * torch.randn(2, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    xi = torch.randn(400, 2, 8, generator=torch.Generator().manual_seed(6))
+    sigmas = [0.2, 0.6]
+    expected = [int((_brute(point + s * xi.double(), book) == ids).all(1).sum()) for s in sigmas]
+    assert NearestEmbedding(book).hits(ids, xi, sigmas, points=point) == expected
+
+
+def test_margins_are_the_distances_to_the_cell_boundaries() -> None:
+    book = _codebook(k=12, e=5).double()
+    front = NearestEmbedding(book)
+    nn = torch.cdist(book, book).fill_diagonal_(math.inf).min(1).values
+    assert torch.allclose(front.margins(book, torch.arange(12)), nn / 2)
+    x = book[4] + 0.05 * torch.randn(5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    m = float(front.margins(x[None], torch.tensor([4]))[0])
+    directions = torch.randn(3000, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    directions /= directions.norm(dim=1, keepdim=True)
+    assert (_brute(x + 0.999 * m * directions, book) == 4).all()  # the open ball stays in the cell
+    gaps = torch.cdist(x[None], book)[0] ** 2 - float(((x - book[4]) ** 2).sum())
+    j = int(torch.where(torch.arange(12) == 4, math.inf, gaps / (2 * (book - book[4]).norm(dim=1))).argmin())
+    normal = (book[j] - book[4]) / (book[j] - book[4]).norm()
+    assert int(_brute((x + 1.001 * m * normal)[None], book)[0]) != 4  # and just beyond it, it does not
+    assert float(front.margins(book[j][None], torch.tensor([4]))[0]) < 0  # outside the cell: negative
+
+
 def test_projected_generator_output_is_constant_on_a_cell() -> None:
     book = _codebook(k=5, e=4)
     linear = torch.randn(4, 3, generator=torch.Generator().manual_seed(3))

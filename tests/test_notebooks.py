@@ -101,6 +101,11 @@ def _check_attacks(tables: dict[str, pd.DataFrame]) -> None:
     toy = t[t["dataset"] == "toy-probit"]
     assert (toy["achieved"] <= toy["worst_case"] + 1e-12).all()
     assert set(tables["robustness"]["curve"]) == {"base: broken by PGD", "smoothed: not certified"}
+    cell = tables["cell_trials"]
+    assert set(cell["dataset"]) == {"cifar10", "ptb"} and not cell["violation"].any()
+    assert cell["certificate"].str.contains("end to end").any() and (cell["certified"] <= 1).all()
+    exits = cell[cell["certificate"] == "cell-exit"]
+    assert (exits["radius"] <= exits["unit"] * 1.5).all() and exits["attack"].isin({"face", "pgd"}).all()
 
 
 def _check_adaptive_noise(tables: dict[str, pd.DataFrame]) -> None:
@@ -117,6 +122,9 @@ def _check_adaptive_noise(tables: dict[str, pd.DataFrame]) -> None:
     cal = tables["calibrated"]
     assert cal["heldout_pass"].dropna().between(0, 1).all() and cal["served"].between(0, 1).all()
     assert set(tables["sensitivity"]["dataset"]) == {"cifar10", "ptb"}
+    cells = tables["cell_sigma"]
+    assert (cells["identity_radius"] <= cells["margin"]).all() and cells["exit_upper"].between(0, 1).all()
+    assert {"global", "cells"} <= set(cells["strategy"]) and set(cells["dataset"]) == {"cifar10", "ptb"}
 
 
 def _check_meaningful(tables: dict[str, pd.DataFrame]) -> None:
