@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,7 @@ from smoothgen.models.lm import LMConfig, LMGenerator, build_lm, load_lm
 from smoothgen.models.training import seeded_global_rng
 from smoothgen.noise import GaussianNoise
 from smoothgen.presets import get_train_preset
+from smoothgen.results import write_json
 from smoothgen.runtime import make_generator, resolve_device
 from smoothgen.smoothing import SmoothedGenerator, SmoothedGreedyDecoder, medoid
 
@@ -490,6 +492,33 @@ def _curves(breakdown: pd.DataFrame, geometry: dict[str, Any], grid_rel: list[fl
     return robustness_curves(breakdown, geometry["unit"], grid).assign(dataset=geometry["dataset"])
 
 
+def overview(trials: pd.DataFrame, cell: pd.DataFrame, breakdown: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
+    """The run in a few numbers (for the book's prose): trial and violation counts, median ratios of the
+    real-model trials, base breakdown and smoothed certified medians, and the front-end attack's."""
+    real = trials[trials["dataset"] != "toy-probit"]
+    exits = cell[cell["certificate"] == "cell-exit"]
+    at_identity = exits[exits["radius_kind"] == "identity"]
+    ends = cell[cell["certificate"].str.contains("end to end")]
+    medians = breakdown.groupby("dataset")[["base_breakdown_rel", "smoothed_certified_rel"]].median()
+    out = {"trials": len(trials), "violations": int(trials["violation"].sum()),
+           **{f"{d}_trials": int((trials["dataset"] == d).sum()) for d in ("toy-probit", "cifar10", "ptb")},
+           "real_median_ratio": float(real["ratio"].median()),
+           "cell_trials": len(cell), "cell_violations": int(cell["violation"].sum()),
+           "cell_face_fraction": float((exits["attack"] == "face").mean()),
+           "cell_max_face_deviation": float((exits["achieved"] - exits["nearest_face_exit"]).abs().max()),
+           "cell_identity_achieved_median": float(at_identity["achieved"].median()),
+           "cell_identity_certified_median": float(at_identity["certified"].median()),
+           "cell_identity_radius_rel_median": float((at_identity["radius"] / at_identity["unit"]).median()),
+           "alpha": params["alpha"], "cell_alpha": params["cell_alpha"]}
+    for dataset in ("cifar10", "ptb"):
+        part = ends[ends["dataset"] == dataset]
+        out[f"{dataset}_end_to_end_achieved_median"] = float(part["achieved"].median()) if len(part) else None
+        out[f"{dataset}_end_to_end_certified_median"] = float(part["certified"].median()) if len(part) else None
+        for column in medians.columns:
+            out[f"{dataset}_{column}_median"] = float(medians.loc[dataset, column]) if dataset in medians.index else None
+    return out
+
+
 def load_models(params: dict[str, Any], vocab: Vocabulary) -> Models:
     """``params["models"]``: ``"shipped"`` checkpoints or ``"random"`` initialisations."""
     device = resolve_device(params.get("device"))
@@ -524,5 +553,6 @@ def run(params: dict[str, Any]) -> StudyResult:
     rule = f"violation: one-sided lower confidence bound of achieved (level Phi(-{params['violation_z']})) > certified"
     result = finish(EXPERIMENT, params, tables, seed=params["seed"], clock=clock, models=models.source,
                     data_variant=f"CIFAR-10 models: {models.cifar_variant}; PTB: {test.variant}", violation_rule=rule)
+    write_json(Path(result.directory) / "overview.json", overview(trials, cell_trials, tables["breakdown"], params))
     result.extras.update(images=images, classes=params["cifar_classes"], cell_images=cell_extra["images"])
     return result
