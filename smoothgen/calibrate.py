@@ -589,8 +589,15 @@ class NoiseCertificate:
         return certify.tv_bound_mahalanobis(mahalanobis_radius)
 
     def inscribed_radius(self, mahalanobis_radius: float) -> float:
-        """ℓ₂ radius of the largest ball inside the certified region of Mahalanobis radius ``R``: ``R·σ_cert``."""
-        return float(mahalanobis_radius) * self.sigma_cert
+        """ℓ₂ radius of the largest ball inside the certified region of Mahalanobis radius ``R``: ``R·σ_cert``.
+
+        ``R`` must be ``>= 0`` (``inf``, the whole space, maps to ``inf``); a negative or NaN ``R``
+        raises ``ValueError`` instead of returning a meaningless radius.
+        """
+        r = float(mahalanobis_radius)
+        if math.isnan(r) or r < 0:
+            raise ValueError(f"mahalanobis_radius must be >= 0 (inf allowed), got {mahalanobis_radius!r}")
+        return r * self.sigma_cert
 
     def log_volume(self, mahalanobis_radius: float) -> float:
         """Log-volume of the certified region in condition space at Mahalanobis radius ``R``.

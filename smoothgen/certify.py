@@ -1,8 +1,9 @@
 r"""Certificates for Gaussian-smoothed generators: numbers in, bounds out.
 
 Everything here is mathematics on numbers (NumPy / SciPy only). Inputs may be NumPy arrays,
-Python numbers or CPU/GPU torch tensors (converted with ``.detach().cpu().numpy()``; torch is
-never imported). Notation: the smoothed generator at condition embedding ``c`` outputs
+Python numbers or CPU/GPU torch tensors (converted with ``.detach().cpu().numpy()``, float16 and
+bfloat16 upcast exactly to float32 first; torch is never imported); complex input is refused.
+Notation: the smoothed generator at condition embedding ``c`` outputs
 :math:`P_c = \mathrm{Law}(G(c + \varepsilon, z))`, :math:`\varepsilon \sim N(0, \sigma^2 I)`; the
 adversary moves ``c`` to ``c + δ`` with :math:`\|\delta\|_2 \le r`; :math:`\Phi` is the standard
 normal CDF. Every ``alpha`` is a failure probability: a Monte-Carlo certificate holds with
@@ -49,15 +50,27 @@ ABSTAIN = -1
 # --------------------------------------------------------------------------------------------
 
 
-def _to_numpy(x: ArrayLike) -> np.ndarray:
-    """Return ``x`` as a NumPy array (torch tensors via ``detach().cpu().numpy()``)."""
+def _to_numpy(x: ArrayLike, name: str) -> np.ndarray:
+    """Return ``x`` as a real NumPy array; refuse complex input (its imaginary part would be lost).
+
+    Torch tensors go through ``detach().cpu().numpy()``; floating tensors narrower than 32 bits
+    (float16, and bfloat16, which NumPy cannot hold) are first upcast to float32, which is exact.
+    """
     if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+        x = x.detach().cpu()
+        if x.is_complex():
+            x = x.cdouble()  # complex32 has no NumPy dtype; refused below like any complex input
+        elif x.is_floating_point() and x.element_size() < 4:
+            x = x.float()
+        x = x.numpy()
+    arr = np.asarray(x)
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be real, got a complex array; pass its real part or modulus explicitly")
+    return arr
 
 
 def _as_float_array(x: ArrayLike, name: str) -> np.ndarray:
-    arr = _to_numpy(x)
+    arr = _to_numpy(x, name)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
     return arr.astype(np.float64, copy=False)
@@ -91,6 +104,24 @@ def _check_diameter(diameter: ArrayLike) -> float:
     return value
 
 
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    """An integer-valued number ``>= minimum`` (NaN, ``inf``, fractions and bools refused)."""
+    number = _scalar(value, name) if not isinstance(value, bool) else math.nan
+    if not (math.isfinite(number) and number == round(number) and number >= minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(number)
+
+
+def _check_trials(count: ArrayLike, n: ArrayLike, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Float arrays of integer counts ``0 <= count <= n``, ``n >= 1`` (finite; broadcast against each other)."""
+    k, m = _as_float_array(count, names[0]), _as_float_array(n, names[1])
+    integers = np.isfinite(k) & np.isfinite(m) & (k == np.round(k)) & (m == np.round(m))
+    if not (integers & (m >= 1) & (k >= 0) & (k <= m)).all():
+        shown = f"{names[0]}={k}, {names[1]}={m}" if k.size * m.size < 8 else "arrays"
+        raise ValueError(f"need finite integers 0 <= {names[0]} <= {names[1]} and {names[1]} >= 1, got {shown}")
+    return k, m
+
+
 def _check_nonnegative(x: ArrayLike, name: str) -> np.ndarray:
     """Array of values ≥ 0 (``+inf`` allowed, NaN not)."""
     arr = _as_float_array(x, name)
@@ -108,10 +139,11 @@ def _check_radius(radius: ArrayLike) -> np.ndarray:
 
 
 def _check_samples(samples: ArrayLike, name: str = "samples") -> np.ndarray:
-    """Float array with samples along axis 0: at least one sample, no NaN, values in [0, 1]."""
+    """Float array with samples along axis 0: at least one sample and coordinate, no NaN, values in [0, 1]."""
     arr = _as_float_array(samples, name)
     if arr.ndim == 0 or arr.shape[0] < 1:
         raise ValueError(f"{name} needs at least one sample along axis 0, got shape {arr.shape}")
+    _check_has_coordinates(arr, name)
     if np.isnan(arr).any():
         raise ValueError(f"{name} contains NaN")
     if (arr < 0).any() or (arr > 1).any():
@@ -119,9 +151,16 @@ def _check_samples(samples: ArrayLike, name: str = "samples") -> np.ndarray:
     return arr
 
 
+def _check_has_coordinates(arr: np.ndarray, name: str) -> None:
+    """Refuse ``[n, ...]`` samples whose trailing shape holds no coordinate (an empty certificate)."""
+    if arr.size == 0:
+        raise ValueError(f"{name} has shape {arr.shape}: an axis after the sample axis has length 0, "
+                         "so there is no coordinate to certify")
+
+
 def _check_counts(counts: ArrayLike, name: str) -> np.ndarray:
     """Integer count array ``[K]`` or ``[B, K]`` with K >= 1, counts >= 0, each row summing to >= 1."""
-    arr = _to_numpy(counts)
+    arr = _to_numpy(counts, name)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{name} must be an integer count array, got dtype {arr.dtype}")
     if arr.ndim not in (1, 2) or arr.shape[-1] < 1:
@@ -319,10 +358,8 @@ def dkw_margin(n: int, alpha: float) -> float:
     alpha
         Failure probability in ``(0, 1)``.
     """
-    if isinstance(n, bool) or int(n) != n or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    a = _check_alpha(alpha)
-    return math.sqrt(math.log(1.0 / min(a, 0.5)) / (2.0 * n))
+    m, a = _check_int(n, "n", 1), _check_alpha(alpha)
+    return math.sqrt(math.log(1.0 / min(a, 0.5)) / (2.0 * m))
 
 
 def clopper_pearson_lower(count: ArrayLike, n: ArrayLike, alpha: float) -> FloatOrArray:
@@ -340,12 +377,7 @@ def clopper_pearson_lower(count: ArrayLike, n: ArrayLike, alpha: float) -> Float
         Failure probability in ``(0, 1)``.
     """
     a = _check_alpha(alpha)
-    k = _as_float_array(count, "count")
-    trials = _as_float_array(n, "n")
-    if (trials < 1).any() or (k < 0).any() or (k > trials).any():
-        raise ValueError("need 0 <= count <= n and n >= 1")
-    if (k != np.round(k)).any() or (trials != np.round(trials)).any():
-        raise ValueError("count and n must be integers")
+    k, trials = _check_trials(count, n, ("count", "n"))
     lower = stats.beta.ppf(a, np.maximum(k, 1.0), trials - k + 1.0)
     return _as_output(np.where(k > 0, lower, 0.0))
 
@@ -412,7 +444,8 @@ def mean_interval(samples: ArrayLike, alpha: float, kind: IntervalKind = "auto")
     Parameters
     ----------
     samples
-        Array ``[n, ...]`` of i.i.d. draws of the statistic, ``n >= 1``, values in ``[0, 1]``.
+        Array ``[n, ...]`` of i.i.d. draws of the statistic, ``n >= 1``, values in ``[0, 1]``, at
+        least one coordinate (no zero-length axis).
     alpha
         Failure probability in ``(0, 1)``.
     kind
@@ -481,7 +514,8 @@ def np_bounds_mc(
     Parameters
     ----------
     samples
-        ``[n, ...]`` draws of ``h ∈ [0, 1]`` at ``c`` (bool/int/float; torch tensors accepted).
+        ``[n, ...]`` draws of ``h ∈ [0, 1]`` at ``c`` (bool/int/float; torch tensors accepted),
+        ``n >= 1``, at least one coordinate.
     radius
         Threat radius ``r >= 0``.
     sigma
@@ -589,7 +623,8 @@ def mean_band(
     Parameters
     ----------
     samples
-        ``[n, *shape]`` i.i.d. outputs at ``c`` (NumPy or torch, any float dtype), ``n >= 1``.
+        ``[n, *shape]`` i.i.d. outputs at ``c`` (NumPy or torch, any real dtype incl. bfloat16),
+        ``n >= 1``, at least one coordinate (``prod(shape) >= 1``).
     radius
         Threat radius ``r >= 0`` (scalar).
     sigma
@@ -611,14 +646,14 @@ def mean_band(
     lo, hi = _scalar(low, "low"), _scalar(high, "high")
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"need finite low < high, got low={lo}, high={hi}")
-    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    arr = _to_numpy(samples)
+    chunk = _check_int(chunk_size, "chunk_size", 1)
+    arr = _to_numpy(samples, "samples")
     if arr.ndim == 0 or arr.shape[0] < 1 or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"samples must be a numeric array [n, ...] with n >= 1, got {arr.shape}")
+    _check_has_coordinates(arr, "samples")
     flat = arr.reshape(arr.shape[0], -1)
     a_coord = a / flat.shape[1]
-    mean, var = _column_moments(flat, lo, hi, int(chunk_size))
+    mean, var = _column_moments(flat, lo, hi, chunk)
     width = _bounded_half_width(var, flat.shape[0], a_coord)
     lower, _ = np_bounds(np.clip(mean - width, 0.0, 1.0), r, s)
     _, upper = np_bounds(np.clip(mean + width, 0.0, 1.0), r, s)
@@ -893,9 +928,7 @@ def binomial_test_half(k: ArrayLike, n: ArrayLike) -> FloatOrArray:
     k, n
         Integers with ``0 <= k <= n``, ``n >= 1`` (broadcast).
     """
-    kk, nn = _as_float_array(k, "k"), _as_float_array(n, "n")
-    if (nn < 1).any() or (kk < 0).any() or (kk > nn).any():
-        raise ValueError("need 0 <= k <= n and n >= 1")
+    kk, nn = _check_trials(k, n, ("k", "n"))
     m = np.minimum(kk, nn - kk)
     pvalue = stats.binom.cdf(m, nn, 0.5) + stats.binom.sf(nn - m - 1, nn, 0.5)
     return _as_output(np.where(2 * kk == nn, 1.0, np.minimum(1.0, pvalue)))
@@ -972,7 +1005,7 @@ class SequenceCertificate(_Unpackable):
 
 
 def _check_tokens(tokens: ArrayLike, steps: int, classes: int) -> np.ndarray:
-    arr = _to_numpy(tokens)
+    arr = _to_numpy(tokens, "tokens")
     if arr.shape != (steps,) or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"tokens must be an integer array of shape ({steps},), got {arr.dtype} {arr.shape}")
     if (arr < 0).any() or (arr >= classes).any():
@@ -1034,10 +1067,8 @@ def sequence_certificate(
             raise ValueError(f"counts_selection {sel.shape} and counts_estimation {est.shape} differ in shape")
         tokens = sel.argmax(axis=-1)
     toks = _check_tokens(tokens, est.shape[0], est.shape[1])
-    steps = est.shape[0] if num_steps is None else num_steps
-    if isinstance(steps, bool) or int(steps) != steps or steps < est.shape[0]:
-        raise ValueError(f"num_steps must be an integer >= the number of steps {est.shape[0]}, got {steps!r}")
-    a_step = a / int(steps)
+    steps = est.shape[0] if num_steps is None else _check_int(num_steps, "num_steps", est.shape[0])
+    a_step = a / steps
     p_lower = np.asarray(clopper_pearson_lower(est[np.arange(est.shape[0]), toks], est.sum(axis=-1), a_step))
     abstain, radii = _cohen_radius(p_lower, s)
     prefix = np.minimum.accumulate(radii)
@@ -1242,6 +1273,34 @@ def select_center(pairwise_distances: ArrayLike) -> tuple[int, float]:
     return index, float(medians[index])
 
 
+_QUANTILE_METHODS = ("inverted_cdf", "averaged_inverted_cdf", "closest_observation", "interpolated_inverted_cdf",
+                     "hazen", "weibull", "linear", "median_unbiased", "normal_unbiased", "lower", "higher",
+                     "midpoint", "nearest")
+"""The ``method`` values ``np.quantile`` accepts."""
+
+
+def _check_center_alphas(alpha_1: ArrayLike, alpha_2: ArrayLike) -> tuple[float, float]:
+    """``α₁, α₂ ∈ (0, 1)``, ``α₂ <= 1/2`` (Massart's condition for the DKW margin), ``α₁ + α₂ < 1``."""
+    a1, a2 = _check_alpha(alpha_1, "alpha_1"), _check_alpha(alpha_2, "alpha_2")
+    if a2 > 0.5:
+        raise ValueError(f"alpha_2 must be <= 1/2 (the DKW margin with Massart's constant needs it), got {a2!r}")
+    if a1 + a2 >= 1.0:
+        raise ValueError(f"alpha_1 + alpha_2 must be < 1 (the certificate holds with probability "
+                         f">= 1 - alpha_1 - alpha_2), got {a1!r} + {a2!r}")
+    return a1, a2
+
+
+def _check_center_delta_coeff(delta: ArrayLike, radius_coeff: ArrayLike) -> tuple[float, float]:
+    """``Δ ∈ (0, 1/2)`` and a finite ``radius_coeff >= 3`` (``1 + β`` for the 2-approximate center)."""
+    dlt, coeff = _scalar(delta, "delta"), _scalar(radius_coeff, "radius_coeff")
+    if not 0.0 < dlt < 0.5:
+        raise ValueError(f"delta must lie in (0, 1/2), got {dlt!r}")
+    if not (math.isfinite(coeff) and coeff >= 3.0):
+        raise ValueError(f"radius_coeff must be a finite number >= 3 (= 1 + beta with beta = 2: select_center's "
+                         f"center is only 2-approximate), got {coeff!r}")
+    return dlt, coeff
+
+
 def _center_check(median_radius: float, n: int, check: np.ndarray, alpha_1: float) -> tuple[float, float]:
     """(Δ₁, Δ₂) of the reference: Δ₁ from the n median samples, Δ₂ from the fresh check batch."""
     delta_1 = math.sqrt(math.log(2.0 / alpha_1) / (2.0 * n))
@@ -1275,11 +1334,14 @@ def center_certificate(
        ``q = Φ(Φ⁻¹(1/2 + Δ) + r/σ) + sqrt(ln(1/α₂)/(2m))``; abstain if the check failed or
        ``q >= 1``; else the output radius is ``radius_coeff × Q_q(certify_distances)``.
 
-    Guarantee (Kumar & Goldstein, Thm 1 with a β-approximate center, ``radius_coeff = 1 + β``,
-    ``β = 2`` for a sample point of smallest median distance): with probability
-    ``>= 1 − α₁ − α₂``, the smoothed output moves by at most the returned radius (in ``ρ``) for
-    every ``‖δ‖ <= r``. The DKW term makes ``Q_q`` an upper confidence bound on the population
-    ``(q − η)``-quantile **provided** ``Q_q`` is a value ``t`` with empirical CDF ``>= q``: that is
+    Guarantee (Kumar & Goldstein, Thm 1 with a β-approximate center, ``radius_coeff >= 1 + β``,
+    ``β = 2`` for a sample point of smallest median distance, hence ``radius_coeff >= 3``): with
+    probability ``>= 1 − α₁ − α₂``, the smoothed output moves by at most the returned radius (in
+    ``ρ``) for every ``‖δ‖ <= r``. A smaller ``radius_coeff`` is not covered (it fails routinely),
+    so it is refused; ``α₁ + α₂ < 1`` is required for the statement to say anything, and
+    ``α₂ <= 1/2`` for the DKW margin below (Massart's condition, as in :func:`dkw_margin`). The
+    DKW term makes ``Q_q`` an upper confidence bound on the population ``(q − η)``-quantile
+    **provided** ``Q_q`` is a value ``t`` with empirical CDF ``>= q``: that is
     ``quantile_method="inverted_cdf"`` (the ``⌈mq⌉``-th smallest distance), the default here. The
     reference uses ``np.quantile``'s default ``"linear"``, which interpolates below that order
     statistic (anti-conservative by up to one sample, i.e. ``1/m`` in probability); pass
@@ -1299,13 +1361,19 @@ def center_certificate(
     sigma
         Noise standard deviation ``> 0``.
     alpha_1, alpha_2
-        Failure probabilities of the center check and of the quantile bound.
+        Failure probabilities of the center check and of the quantile bound: each in ``(0, 1)``,
+        ``alpha_2 <= 1/2``, ``alpha_1 + alpha_2 < 1``.
     delta
         The reference's ``Δ`` in ``(0, 1/2)``.
     radius_coeff
-        ``1 + β`` (reference default 3), ``>= 1``.
+        ``1 + β`` (reference default 3), ``>= 3``; larger values stay sound but loosen the radius.
     quantile_method
-        Passed to ``np.quantile`` (see above).
+        A method of ``np.quantile`` (see above), checked before any work, abstention or not.
+
+    Raises
+    ------
+    ValueError
+        On any parameter outside the ranges above, whether or not the certificate would abstain.
 
     Returns
     -------
@@ -1313,12 +1381,11 @@ def center_certificate(
         Unpacks as ``(center_index, radius)``.
     """
     s, r = _check_sigma(sigma), float(_check_radius(_scalar(radius, "radius")))
-    a1, a2 = _check_alpha(alpha_1, "alpha_1"), _check_alpha(alpha_2, "alpha_2")
-    dlt, coeff = _scalar(delta, "delta"), _scalar(radius_coeff, "radius_coeff")
-    if not 0.0 < dlt < 0.5:
-        raise ValueError(f"delta must lie in (0, 1/2), got {dlt!r}")
-    if not (math.isfinite(coeff) and coeff >= 1.0):
-        raise ValueError(f"radius_coeff must be a finite number >= 1, got {coeff!r}")
+    a1, a2 = _check_center_alphas(alpha_1, alpha_2)
+    dlt, coeff = _check_center_delta_coeff(delta, radius_coeff)
+    if quantile_method not in _QUANTILE_METHODS:
+        raise ValueError(f"quantile_method must be one of np.quantile's methods {_QUANTILE_METHODS}, "
+                         f"got {quantile_method!r}")
     index, median_radius = select_center(pairwise_distances)
     check = _check_distance_array(check_distances, "check_distances", 1)
     cert = _check_distance_array(certify_distances, "certify_distances", 1)

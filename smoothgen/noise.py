@@ -11,7 +11,8 @@ Every noise object describes a centred Gaussian ``N(0, Σ)`` over an embedding o
 
 Why the ellipsoid: smoothing with ``N(0, Σ)`` is smoothing with ``N(0, I)`` in the whitened
 coordinates ``x' = Σ^{-1/2} x``, so every isotropic certificate of radius ``R`` at ``σ = 1``
-certifies the ellipsoid above; its largest inscribed ball has radius ``R·sigma_min``.
+certifies the ellipsoid above (its interior ``< R`` for Cohen's radius, which is strict); its
+largest inscribed ball has radius ``R·sigma_min``.
 Isotropic ``N(0, σ²I)`` is the special case ``sigma_min = σ``, ellipsoid = ball of radius ``Rσ``.
 """
 
@@ -175,7 +176,9 @@ class Noise(ABC):
         """Largest ℓ₂ ball inside the ellipsoid ``‖Σ^{-1/2} δ‖₂ ≤ R``: radius ``R·λ_min(Σ)^{1/2}``.
 
         Proof: ``‖Σ^{-1/2} δ‖ ≤ ‖δ‖ / λ_min(Σ)^{1/2}``, with equality along the eigenvector of
-        ``λ_min``; so ``‖δ‖ ≤ R·sigma_min`` implies membership and no larger ball fits.
+        ``λ_min``; so ``‖δ‖ ≤ R·sigma_min`` implies membership and no larger ball fits (the same
+        holds for the open ellipsoid and ball). ``R`` must be ``>= 0``; ``inf`` (the whole space)
+        maps to ``inf``; negative or NaN ``R`` raises ``ValueError``.
         """
         r = _check_radius(radius) * self.sigma_min
         return float(r) if r.ndim == 0 else r

@@ -413,8 +413,8 @@ def _count_labels(
 class SmoothedClassifier:
     """Cohen et al. (2019) smoothed classifier ``g(x) = argmax_k P(f(x + ε) = k)``, ``ε ~ noise``.
 
-    Radii are ℓ₂ radii: Cohen's certificate in whitened coordinates certifies the ellipsoid
-    ``‖Σ^{-1/2} δ‖ ≤ Φ⁻¹(p̲)``, reported as its inscribed ball ``noise.sigma_min · Φ⁻¹(p̲)``
+    Radii are ℓ₂ radii: Cohen's certificate in whitened coordinates certifies the open ellipsoid
+    ``‖Σ^{-1/2} δ‖ < Φ⁻¹(p̲)``, reported as its inscribed ball ``noise.sigma_min · Φ⁻¹(p̲)``
     (``= σ Φ⁻¹(p̲)`` for isotropic noise); divide by ``noise.sigma_min`` for the Mahalanobis radius.
 
     Parameters
@@ -454,7 +454,7 @@ class SmoothedClassifier:
         Clopper–Pearson at level ``1 − α``); abstain (−1) if ``p̲_A < ½``, else radius
         ``sigma_min · Φ⁻¹(p̲_A)``. Returns :func:`smoothgen.certify.cohen_certify`'s result
         (unpacks as ``(prediction, radius)``). With probability ≥ 1 − α a non-abstaining answer is
-        ``g(x + δ)`` for every ``‖δ‖₂ ≤ radius``.
+        ``g(x + δ)`` for every ``‖δ‖₂ < radius`` (strict: at ``‖δ‖₂ = radius`` the top class may tie).
         """
         alpha = _check_alpha(alpha)
         selection = self.counts(x, _check_count("n0", n0), derive_seed(seed, 0), device)
@@ -501,7 +501,8 @@ class SmoothedGreedyDecoder:
     the majority of ``n0`` selection draws; ``n`` fresh estimation draws (independent stream)
     certify it. ``sequence_certificate`` combines the steps (Cohen at level ``α/T`` each, union
     bound): with probability ≥ 1 − α, ``y_1..y_T`` is the smoothed greedy output for every
-    perturbation with ``‖δ‖₂ ≤`` the sequence radius (ℓ₂ radii as in :class:`SmoothedClassifier`).
+    perturbation with ``‖δ‖₂ <`` the sequence radius (strict, as in Cohen et al.; ℓ₂ radii as in
+    :class:`SmoothedClassifier`).
 
     Parameters
     ----------
