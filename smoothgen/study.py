@@ -2,11 +2,19 @@
 
 Each notebook ``notebooks/NN_name.ipynb`` is executed with the parameters ``preset`` and
 ``overrides`` into ``<results>/NN_name/<preset>/NN_name.ipynb``, next to the tables it writes —
-except for the book's preset (:data:`BOOK_PRESET`), whose executed copies go to
-``book/notebooks/`` where the Jupyter Book includes them.
+except for the published run (the book's preset :data:`BOOK_PRESET` into the published results
+root ``data/results``), whose executed copies go to ``book/notebooks/`` where the Jupyter Book
+includes them. ``<results>`` is chosen by :func:`output_root`: a run with overrides goes to the
+scratch root ``artifacts/results`` unless told otherwise, so that it never writes over the
+published tables and notebooks. The kernels get ``<results>`` as ``SMOOTHGEN_RESULTS``.
+
+Nothing runs before two checks pass: every override is a parameter of every selected notebook
+(:func:`check_overrides`), and the data read by the notebooks that will run is present
+(:func:`require_data`; with ``download=True`` it is fetched from the official sources).
 A run is *resumable*: a notebook whose inputs (its source, the parameters, the library's source
-and the checkpoint cards) hash to the stamp of its last successful run is skipped. A failing
-notebook stops the run with its error; results of earlier notebooks stay as they are.
+and the checkpoint cards) hash to the stamp of its last successful run is skipped, and needs no
+data. A failing notebook stops the run with a :class:`NotebookError`; results of earlier
+notebooks stay as they are.
 Kernels start with :data:`KERNEL_ENV` (progress bars off inside the executed copies: the runner
 shows its own) unless the caller's environment sets those variables.
 """
@@ -18,13 +26,17 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from smoothgen.data import CIFAR10_DIR, CIFAR10_URL, PTB_URL, data_root, load_cifar10, load_ptb
+from smoothgen.presets import STUDY_PRESETS
 from smoothgen.results import repo_root, results_dir, write_json
+from smoothgen.results import results_root as resolve_results_root
 
 STAMP = ".stamp.json"
 BOOK_PRESET = "cpu"
@@ -33,9 +45,83 @@ KERNEL_ENV = {"TQDM_DISABLE": "1"}
 """Environment defaults of the notebook kernels."""
 
 
+class DataMissingError(FileNotFoundError):
+    """A notebook that must run reads a dataset that is absent (or could not be fetched)."""
+
+
+class NotebookError(RuntimeError):
+    """A cell of a study notebook raised; the message names the notebook, the error and the kept copy."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset the study reads: its files under the data root and where they come from.
+
+    Attributes
+    ----------
+    title
+        The dataset's name in messages.
+    folder
+        The folder that holds ``files``, relative to the data root.
+    files
+        The files the study notebooks read.
+    source
+        The official source.
+    fetch
+        Downloads the official files into the data root (checksums verified).
+    """
+
+    title: str
+    folder: str
+    files: tuple[str, ...]
+    source: str
+    fetch: Callable[[], object]
+
+    def missing(self, root: Path) -> list[Path]:
+        """The files of :attr:`files` that are absent under the data root ``root``."""
+        return [root / self.folder / name for name in self.files if not (root / self.folder / name).is_file()]
+
+
+DATASETS: dict[str, Dataset] = {
+    "cifar10": Dataset("CIFAR-10", f"cifar10/{CIFAR10_DIR}", ("test_batch", "batches.meta"),
+                       f"{CIFAR10_URL} (extracted)", lambda: load_cifar10("test", download=True)),
+    "ptb": Dataset("Penn Treebank", "ptb", ("ptb.train.txt", "ptb.test.txt"), PTB_URL,
+                   lambda: load_ptb("test", download=True)),
+}
+"""The datasets of the study notebooks (only test splits; PTB's vocabulary comes from its train file)."""
+
+DATA_NEEDS: dict[str, tuple[str, ...]] = {
+    "01_smoothing_classifiers": ("cifar10",), "02_certificates": (), "03_cifar10": ("cifar10",),
+    "04_ptb": ("ptb",), "05_adaptive_noise": ("cifar10", "ptb"), "06_attacks": ("ptb",),
+    "07_overhead": ("cifar10",), "08_meaningful_radii": ("cifar10", "ptb"),
+}
+"""The datasets (keys of :data:`DATASETS`) each notebook reads."""
+
+
 def notebook_dir() -> Path:
     """The folder of the source notebooks."""
     return repo_root() / "notebooks"
+
+
+def published_root() -> Path:
+    """The results root that the book and the repository publish: ``<repo>/data/results``."""
+    return repo_root() / "data" / "results"
+
+
+def scratch_root() -> Path:
+    """The default results root of runs with overrides: ``<repo>/artifacts/results`` (ignored by git)."""
+    return repo_root() / "artifacts" / "results"
+
+
+def output_root(overrides: Mapping[str, Any] | None = None, root: str | Path | None = None) -> Path:
+    """Where a run writes, as an absolute path.
+
+    ``root``, else ``$SMOOTHGEN_RESULTS``, else :func:`published_root` — or :func:`scratch_root`
+    for a run with ``overrides``, so that overrides never replace the published results by default.
+    """
+    if root is None and not os.environ.get("SMOOTHGEN_RESULTS"):
+        root = scratch_root() if overrides else published_root()
+    return resolve_results_root(root).resolve()
 
 
 def list_notebooks(only: Sequence[str] | None = None) -> list[Path]:
@@ -56,6 +142,29 @@ def list_notebooks(only: Sequence[str] | None = None) -> list[Path]:
     return chosen
 
 
+def check_overrides(notebooks: Sequence[Path], preset: str, overrides: Mapping[str, Any] | None) -> None:
+    """Check that every override is a parameter of every notebook's ``preset`` (see ``STUDY_PRESETS``).
+
+    Raises
+    ------
+    ValueError
+        On one line: the unknown keys, the notebooks that lack them, the ``--only`` selection of the
+        notebooks that take them, and the keys that all the rejecting notebooks take.
+    """
+    keys = set(overrides or {})
+    valid = {nb.stem: set(STUDY_PRESETS.get(nb.stem, {}).get(preset, {})) for nb in notebooks}
+    rejecting = [name for name, known in valid.items() if keys - known]
+    if not rejecting:
+        return
+    unknown = sorted(set().union(*(keys - valid[name] for name in rejecting)))
+    taking = [name.split("_")[0] for name, known in valid.items() if keys <= known]
+    hint = f"; only {' '.join(taking)} take them (select with --only {' '.join(taking)})" if taking else ""
+    common = sorted(set.intersection(*(valid[name] for name in rejecting)))
+    takers = f"{rejecting[0]} takes" if len(rejecting) == 1 else "keys they all take"
+    raise ValueError(f"override(s) {unknown} unknown to {', '.join(rejecting)} at preset {preset!r}{hint}; "
+                     f"{takers}: {common}")
+
+
 def inputs_digest(notebook: Path, parameters: dict[str, Any]) -> str:
     """SHA-256 over what a notebook's results depend on: source, parameters, library, checkpoint cards."""
     digest = hashlib.sha256(notebook.read_bytes())
@@ -67,24 +176,118 @@ def inputs_digest(notebook: Path, parameters: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def executed_path(notebook: Path, preset: str, out_dir: Path, results_root: Path | None) -> Path:
-    """Where the executed copy goes: ``book/notebooks/`` for the book's preset and the default
-    results root, else next to the notebook's tables."""
-    if preset == BOOK_PRESET and results_root is None and "SMOOTHGEN_RESULTS" not in os.environ:
+def executed_path(notebook: Path, preset: str, root: Path) -> Path:
+    """Where the executed copy goes: ``book/notebooks/`` for the book's preset into the published
+    results root, else next to the notebook's tables under ``root``."""
+    if preset == BOOK_PRESET and root.resolve() == published_root().resolve():
         return repo_root() / "book" / "notebooks" / notebook.name
-    return out_dir / notebook.name
+    return root / notebook.stem / preset / notebook.name
+
+
+def _parameters(preset: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The papermill parameters of a run."""
+    return {"preset": preset, "overrides": dict(overrides or {})}
+
+
+def _saved_stamp(notebook: Path, preset: str, root: Path, digest: str) -> dict[str, Any] | None:
+    """The stamp of the notebook's last run under ``root`` if it matches ``digest`` and its executed copy exists."""
+    stamp_path = root / notebook.stem / preset / STAMP
+    if not (stamp_path.exists() and executed_path(notebook, preset, root).exists()):
+        return None
+    stamp = json.loads(stamp_path.read_text())
+    return stamp if stamp.get("digest") == digest else None
+
+
+def pending_notebooks(notebooks: Sequence[Path], preset: str, overrides: Mapping[str, Any] | None = None,
+                      force: bool = False, results_root: Path | None = None) -> list[Path]:
+    """The notebooks of ``notebooks`` that a run would execute: all with ``force``, else those whose
+    inputs changed since their last run (see :func:`inputs_digest`)."""
+    root, parameters = output_root(overrides, results_root), _parameters(preset, overrides)
+    return [nb for nb in notebooks if force or _saved_stamp(nb, preset, root, inputs_digest(nb, parameters)) is None]
+
+
+def missing_data(notebooks: Iterable[Path]) -> dict[str, list[Path]]:
+    """The datasets read by ``notebooks`` that lack files under :func:`smoothgen.data.data_root`,
+    with the missing files, by name (empty when everything is present)."""
+    root = data_root()
+    names = dict.fromkeys(name for nb in notebooks for name in DATA_NEEDS.get(nb.stem, ()))
+    return {name: files for name in names if (files := DATASETS[name].missing(root))}
+
+
+def data_help(names: Iterable[str]) -> str:
+    """Where the datasets ``names`` go and where they come from, one line each, then how to provide them."""
+    root = data_root()
+    lines = [f"  {d.title}: {root / d.folder}/{{{','.join(d.files)}}} from {d.source}"
+             for d in (DATASETS[name] for name in names)]
+    return "\n".join([*lines, "Place the files there, or set SMOOTHGEN_DATA to a folder that holds cifar10/ and ptb/ "
+                              "(default: data/ in the repository)."])
+
+
+def _absent_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist, deepest first."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def fetch_data(names: Iterable[str]) -> None:
+    """Download the datasets ``names`` from their official sources into the data root (checksums verified).
+
+    Raises
+    ------
+    DataMissingError
+        If a download fails; the folders it created are removed again (when empty), so nothing
+        half-made is left behind.
+    """
+    for name in names:
+        dataset = DATASETS[name]
+        created = _absent_dirs(data_root() / dataset.folder)
+        try:
+            dataset.fetch()
+        except (OSError, ValueError) as err:  # ConnectionError, ChecksumError
+            for folder in created:
+                with contextlib.suppress(OSError):  # not empty: keep what was fetched and verified
+                    folder.rmdir()
+            raise DataMissingError(f"could not fetch {dataset.title}: {err}\n{data_help([name])}") from err
+
+
+def require_data(notebooks: Sequence[Path], download: bool = False) -> None:
+    """Make sure the data read by ``notebooks`` is present, fetching it if ``download``.
+
+    Raises
+    ------
+    DataMissingError
+        If data is missing and ``download`` is false (or a download fails); nothing is written.
+    """
+    missing = missing_data(notebooks)
+    if missing and download:
+        fetch_data(missing)
+    elif missing:
+        needing = [nb.stem for nb in notebooks if set(DATA_NEEDS.get(nb.stem, ())) & set(missing)]
+        raise DataMissingError(
+            f"the study must run {', '.join(needing)} (inputs changed, or --force) but their data is missing:\n"
+            f"{data_help(missing)} Or rerun with --download to fetch the official files (checksums verified).")
+
+
+def recorded_wall_time(notebook: str, preset: str = BOOK_PRESET) -> float | None:
+    """Wall time in seconds of the notebook's last run into the published results (its stamp), if any."""
+    path = published_root() / notebook / preset / STAMP
+    return json.loads(path.read_text()).get("wall_time_s") if path.exists() else None
 
 
 @contextlib.contextmanager
-def kernel_environment(defaults: dict[str, str]) -> Iterator[None]:
-    """Set ``defaults`` in ``os.environ`` (where not already set) while a kernel starts, then restore."""
-    added = {k: v for k, v in defaults.items() if k not in os.environ}
-    os.environ.update(added)
+def kernel_environment(defaults: Mapping[str, str], forced: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Set ``defaults`` (where not already set) and ``forced`` in ``os.environ`` while a kernel starts,
+    then restore the previous environment."""
+    values = {**{k: v for k, v in defaults.items() if k not in os.environ}, **(forced or {})}
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        for key in added:
-            os.environ.pop(key, None)
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def clean_executed(path: Path) -> None:
@@ -103,47 +306,78 @@ def clean_executed(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+def _execute(notebook: Path, parameters: dict[str, Any], out_dir: Path, root: Path) -> Path:
+    """Execute ``notebook`` into a hidden file in ``out_dir`` (returned), its kernel writing under ``root``.
+
+    Raises
+    ------
+    NotebookError
+        If a cell raises; the executed copy is kept as ``<out_dir>/<name>.failed.ipynb``.
+    """
+    import papermill  # heavy imports, only when a notebook runs
+    from papermill.exceptions import PapermillExecutionError
+
+    tmp, failed = out_dir / f".{notebook.stem}.running.ipynb", out_dir / f"{notebook.stem}.failed.ipynb"
+    try:
+        with kernel_environment(KERNEL_ENV, {"SMOOTHGEN_RESULTS": str(root)}):
+            papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, cwd=str(notebook.parent),
+                                       progress_bar=False, kernel_name="python3")
+    except BaseException as err:
+        if tmp.exists():  # keep the failed run for inspection, never as a result
+            tmp.replace(failed)
+        if isinstance(err, PapermillExecutionError):
+            raise NotebookError(f"notebook {notebook.stem} failed in cell [{err.exec_count}]: {err.ename}: "
+                                f"{err.evalue} (executed copy kept at {failed})") from err
+        raise
+    return tmp
+
+
 def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None = None,
                  force: bool = False, results_root: Path | None = None) -> dict[str, Any]:
     """Execute one notebook with papermill unless its stamp says its inputs are unchanged.
 
+    Results go under :func:`output_root` (``overrides``, ``results_root``).
     Returns the stamp: ``{"notebook", "preset", "digest", "wall_time_s", "output", "skipped"}``.
     """
-    import papermill  # heavy import, only when a notebook runs
-
-    parameters = {"preset": preset, "overrides": dict(overrides or {})}
-    out_dir = results_dir(notebook.stem, preset, results_root)
-    stamp_path, output = out_dir / STAMP, executed_path(notebook, preset, out_dir, results_root)
+    parameters, root = _parameters(preset, overrides), output_root(overrides, results_root)
     digest = inputs_digest(notebook, parameters)
-    if not force and stamp_path.exists() and output.exists():
-        stamp = json.loads(stamp_path.read_text())
-        if stamp.get("digest") == digest:
-            return {**stamp, "skipped": True}
+    saved = None if force else _saved_stamp(notebook, preset, root, digest)
+    if saved is not None:
+        return {**saved, "skipped": True}
     start = time.perf_counter()
-    tmp = out_dir / f".{notebook.stem}.running.ipynb"
-    try:
-        with kernel_environment(KERNEL_ENV):
-            papermill.execute_notebook(str(notebook), str(tmp), parameters=parameters, cwd=str(notebook.parent),
-                                       progress_bar=False, kernel_name="python3")
-    except BaseException:
-        if tmp.exists():  # keep the failed run for inspection, never as a result
-            tmp.replace(out_dir / f"{notebook.stem}.failed.ipynb")
-        raise
+    out_dir, output = results_dir(notebook.stem, preset, root), executed_path(notebook, preset, root)
+    tmp = _execute(notebook, parameters, out_dir, root)
     clean_executed(tmp)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp.replace(output)
     (out_dir / f"{notebook.stem}.failed.ipynb").unlink(missing_ok=True)
     stamp = {"notebook": notebook.stem, "preset": preset, "digest": digest, "output": os.path.relpath(output, repo_root()),
              "wall_time_s": round(time.perf_counter() - start, 2)}
-    write_json(stamp_path, stamp)
+    write_json(out_dir / STAMP, stamp)
     return {**stamp, "skipped": False}
 
 
 def run_study(preset: str, only: Sequence[str] | None = None, overrides: dict[str, Any] | None = None,
-              force: bool = False, results_root: Path | None = None) -> list[dict[str, Any]]:
-    """Run the notebooks in order (see :func:`run_notebook`) with a progress bar; stop at the first failure."""
-    stamps = []
+              force: bool = False, results_root: Path | None = None, download: bool = False) -> list[dict[str, Any]]:
+    """Run the notebooks in order (see :func:`run_notebook`) with a progress bar; stop at the first failure.
+
+    Before anything runs, the overrides are checked against every selected notebook
+    (:func:`check_overrides`) and the data of the notebooks that will run is required
+    (:func:`require_data`, which fetches it if ``download``).
+
+    Raises
+    ------
+    ValueError
+        An unknown notebook in ``only`` or an override that a selected notebook does not take.
+    DataMissingError
+        Data that a notebook to run reads is missing (and not fetched).
+    NotebookError
+        A notebook failed.
+    """
     books = list_notebooks(only)
+    check_overrides(books, preset, overrides)
+    require_data(pending_notebooks(books, preset, overrides, force, results_root), download)
+    stamps = []
     with tqdm(books, desc=f"study[{preset}]", unit="notebook") as bar:
         for notebook in bar:
             bar.set_postfix_str(notebook.stem)

@@ -1,16 +1,18 @@
-"""The study runner: papermill execution, resumability, failure handling, parameter presets."""
+"""The study runner: papermill execution, resumability, failure handling, parameter presets,
+override validation, where results go and the data check."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from smoothgen import study
+from smoothgen import data, study
 from smoothgen.presets import STUDY_PRESETS, study_params
 
 
@@ -25,11 +27,27 @@ def _notebook(path: Path, body: str) -> Path:
 
 @pytest.fixture()
 def fake_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Notebooks in ``tmp_path/notebooks`` (``01_echo`` takes the parameter ``x``), results in ``tmp_path/results``."""
     books = tmp_path / "notebooks"
     books.mkdir()
     monkeypatch.setattr(study, "notebook_dir", lambda: books)
+    monkeypatch.setitem(STUDY_PRESETS, "01_echo", {"smoke": {"x": 0}, "cpu": {"x": 0}})
     monkeypatch.setenv("SMOOTHGEN_RESULTS", str(tmp_path / "results"))
     return tmp_path
+
+
+@pytest.fixture()
+def no_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty data root (``SMOOTHGEN_DATA``) and a private cache."""
+    root = tmp_path / "empty_data"
+    root.mkdir()
+    monkeypatch.setenv("SMOOTHGEN_DATA", str(root))
+    monkeypatch.setenv("SMOOTHGEN_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+def _never_run(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a notebook was executed")
 
 
 def test_runs_then_skips_then_reruns_on_change(fake_repo: Path) -> None:
@@ -63,7 +81,8 @@ def test_failure_stops_and_keeps_earlier_results(fake_repo: Path) -> None:
     _notebook(fake_repo / "notebooks" / "01_ok.ipynb", "print('ok')")
     _notebook(fake_repo / "notebooks" / "02_bad.ipynb", "raise RuntimeError('boom')")
     _notebook(fake_repo / "notebooks" / "03_never.ipynb", "print('never')")
-    with pytest.raises(Exception, match="boom"):
+    failed = r"02_bad failed in cell \[\d+\]: RuntimeError: boom .*02_bad\.failed\.ipynb"
+    with pytest.raises(study.NotebookError, match=failed):
         study.run_study("smoke")
     out = fake_repo / "results"
     assert json.loads((out / "01_ok" / "smoke" / study.STAMP).read_text())["notebook"] == "01_ok"
@@ -115,3 +134,96 @@ def test_clean_executed_drops_stderr_and_machine_paths(tmp_path: Path) -> None:
     out = nbformat.read(path, as_version=4)
     assert [o["name"] for o in out.cells[0].outputs] == ["stdout"]
     assert out.metadata["papermill"] == {"input_path": "notebooks/a.ipynb", "output_path": "b.ipynb"}
+
+
+def test_overrides_are_checked_against_every_notebook_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``{"n": 200}`` fits 01-04 only: the run stops before 01 with the notebooks, ``--only`` and the valid keys."""
+    monkeypatch.setattr(study, "run_notebook", _never_run)
+    with pytest.raises(ValueError) as info:
+        study.run_study("cpu", overrides={"n": 200})
+    message = str(info.value)
+    assert "\n" not in message and "['n']" in message
+    assert "05_adaptive_noise, 06_attacks, 07_overhead, 08_meaningful_radii" in message
+    assert "--only 01 02 03 04" in message and "'seed'" in message
+    with pytest.raises(ValueError, match=r"\['n_per_class'\] unknown to 03_cifar10 .*'focus_n'"):
+        study.run_study("cpu", only=["03"], overrides={"n_per_class": 40})
+    study.check_overrides(study.list_notebooks(["03", "04"]), "cpu", {"n": 40, "seed": 1})  # valid: no error
+
+
+def test_override_run_never_writes_over_published_results(
+        fake_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the book's preset with overrides, tables, stamp and executed copy go to the scratch root."""
+    monkeypatch.setattr(study, "repo_root", lambda: fake_repo)
+    monkeypatch.delenv("SMOOTHGEN_RESULTS")
+    _notebook(fake_repo / "notebooks" / "01_echo.ipynb",
+              "from smoothgen.results import results_dir\n(results_dir('01_echo', preset) / 't.csv').write_text('x')")
+    stamp = study.run_study(study.BOOK_PRESET, overrides={"x": 1})[0]
+    scratch = fake_repo / "artifacts" / "results" / "01_echo" / study.BOOK_PRESET
+    assert {p.name for p in scratch.iterdir()} == {"t.csv", "01_echo.ipynb", study.STAMP}
+    assert stamp["output"] == f"artifacts/results/01_echo/{study.BOOK_PRESET}/01_echo.ipynb"
+    assert not (fake_repo / "book").exists() and not (fake_repo / "data").exists()
+    assert "SMOOTHGEN_RESULTS" not in os.environ
+
+
+def test_output_root_and_executed_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SMOOTHGEN_RESULTS", raising=False)
+    nb, cpu = Path("03_cifar10.ipynb"), study.BOOK_PRESET
+    published = study.output_root()
+    assert published == study.published_root().resolve()
+    assert study.executed_path(nb, cpu, published) == study.repo_root() / "book" / "notebooks" / nb.name
+    assert study.executed_path(nb, "smoke", published) == published / "03_cifar10" / "smoke" / nb.name
+    scratch = study.output_root({"n": 1})
+    assert scratch == study.scratch_root().resolve() and scratch != published
+    assert study.executed_path(nb, cpu, scratch) == scratch / "03_cifar10" / cpu / nb.name
+    assert study.output_root({"n": 1}, tmp_path) == tmp_path.resolve()  # an explicit root wins
+    monkeypatch.setenv("SMOOTHGEN_RESULTS", str(tmp_path))
+    assert study.output_root({"n": 1}) == study.output_root() == tmp_path.resolve()
+
+
+def test_missing_data_stops_the_study_before_anything_runs(fake_repo: Path, no_data: Path) -> None:
+    _notebook(fake_repo / "notebooks" / "02_certificates.ipynb", "pass")
+    _notebook(fake_repo / "notebooks" / "03_cifar10.ipynb", "pass")
+    with pytest.raises(study.DataMissingError) as info:
+        study.run_study("smoke")
+    message = str(info.value)
+    assert message.startswith("the study must run 03_cifar10 ") and "02_certificates" not in message
+    assert f"{no_data}/cifar10/cifar-10-batches-py/{{test_batch,batches.meta}}" in message
+    assert data.CIFAR10_URL in message and "SMOOTHGEN_DATA" in message and "--download" in message
+    assert "Penn Treebank" not in message
+    assert not (fake_repo / "results").exists() and not any(no_data.iterdir())
+
+
+def test_notebooks_with_current_stamps_need_no_data(fake_repo: Path, no_data: Path) -> None:
+    """A notebook whose stamp matches its inputs is skipped, so missing data does not matter."""
+    nb = _notebook(fake_repo / "notebooks" / "03_cifar10.ipynb", "pass")
+    out = fake_repo / "results" / "03_cifar10" / "smoke"
+    out.mkdir(parents=True)
+    (out / nb.name).write_text("{}")
+    digest = study.inputs_digest(nb, {"preset": "smoke", "overrides": {}})
+    (out / study.STAMP).write_text(json.dumps({"notebook": nb.stem, "digest": digest}))
+    assert study.pending_notebooks([nb], "smoke") == []
+    assert [s["skipped"] for s in study.run_study("smoke")] == [True]
+    assert study.pending_notebooks([nb], "smoke", force=True) == [nb]
+    with pytest.raises(study.DataMissingError):
+        study.run_study("smoke", force=True)
+
+
+def test_failed_download_leaves_no_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    monkeypatch.setenv("SMOOTHGEN_DATA", str(root))
+    monkeypatch.setenv("SMOOTHGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "CIFAR10_URL", (tmp_path / "nowhere" / data.CIFAR10_ARCHIVE).as_uri())
+    with pytest.raises(study.DataMissingError, match="could not fetch CIFAR-10"):
+        study.fetch_data(["cifar10"])
+    assert not root.exists()
+
+
+def test_data_needs_cover_what_each_notebook_loads() -> None:
+    """Every dataset whose loader a notebook's experiment module calls is declared in ``DATA_NEEDS``."""
+    books = study.list_notebooks()
+    assert set(study.DATA_NEEDS) == {p.stem for p in books}
+    for book in books:
+        module = re.search(r"from smoothgen\.experiments import (\w+)", book.read_text()).group(1)
+        source = (study.repo_root() / "smoothgen" / "experiments" / f"{module}.py").read_text()
+        called = {name for name in study.DATASETS if f"load_{name}(" in source}
+        assert called <= set(study.DATA_NEEDS[book.stem]), book.stem
