@@ -425,6 +425,9 @@ SMOKE = {
     "ptb_sigma_rel": 0.25, "ptb_restarts": 1, "ptb_prompts": 1, "ptb_steps": 3, "ptb_radii_rel": [0.25, 1.0],
     "ptb_breakdown_grid_rel": [0.1, 1.6], "ptb_n0": 4, "ptb_n": 16, "ptb_n_eot": 4, "ptb_pgd_steps": 2,
     "ptb_n_fresh": 16, "ptb_batch_size": 32, "ptb_base_pgd_steps": 2, "preset": "smoke", "notebook": "06_attacks",
+    "cell_alpha": 0.001, "cell_cifar_sigma_rel": 0.25, "cell_cifar_radii_rel": [0.5], "cell_ptb_sigma_rel": 0.1,
+    "cell_ptb_radii_rel": [0.1], "cell_pgd_steps": 3, "cell_restarts": 1, "cell_n_cert": 2000, "cell_n_fresh": 2000,
+    "cell_ptb_n": 200, "cell_ptb_prompts": 1, "cell_n_images": 4, "cell_n_texts": 8,
 }
 
 
@@ -461,6 +464,8 @@ def test_experiment_runs_on_random_tiny_models_and_writes_the_trials_table(tmp_p
     images = result.extras["images"]
     assert len(images["attacked_samples"]) == 2 * 3 and images["center_samples"][0].shape == (8, 3, 32, 32)
     assert len(result["texts"]) == 1
+    cell = result["cell_trials"]
+    assert set(cell["dataset"]) == {"cifar10", "ptb"} and not cell["violation"].any()
 
 
 # ----------------------------------------------------------------------------- the projection front-end's cells
