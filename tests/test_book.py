@@ -24,6 +24,7 @@ import hashlib
 import http.server
 import json
 import os
+import math
 import re
 import shutil
 import subprocess
@@ -460,7 +461,82 @@ def test_result_role_reads_json_keys_and_single_csv_rows(tmp_path: Path) -> None
     assert lookup(tmp_path, "x/s.json#m:s") == "projection"
     assert lookup(tmp_path, 'x/t.csv?method == "projection"#fid:.1f') == "25.2"
     assert lookup(tmp_path, "x/s.json#none:.1%") == "none (no configuration qualified)"
+    assert lookup(tmp_path, "x/t.csv?sigma_rel == 0.1#fid@max:.2f") == "30.50"
+    assert lookup(tmp_path, "x/t.csv#fid@count:d") == "2" and lookup(tmp_path, "x/t.csv#fid@mean:.3f") == "27.875"
     for bad, match in [("x/s.json#b", "no key"), ("x/u.json#a", "no result file"),
-                       ("x/t.csv?sigma_rel == 0.1#fid", "2 rows"), ("x/s.json", "expected")]:
+                       ("x/t.csv?sigma_rel == 0.1#fid", "2 rows"), ("x/s.json", "expected"),
+                       ("x/t.csv#fid@mode", "unknown aggregate"), ('x/t.csv?method == "soft"#fid@min', "no row")]:
         with pytest.raises(ResultError, match=match):
             lookup(tmp_path, bad)
+
+
+# ----------------------------------------------------------------------------- numbers in prose come from results
+_CODE_FENCES = {"", "python", "bash", "text", "console", "yaml", "toml", "{code-cell}", "{model-card}",
+                "{study-notebook}"}
+_NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+|\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)? ?%)")
+
+
+def _prose(text: str) -> str:
+    """A chapter's prose: code blocks, math, inline code, roles (``{result}`` included) and link targets removed;
+    the text inside directives (theorems, admonitions, exercises) kept."""
+    out, stack = [], []
+    for line in text.splitlines():
+        fence = re.match(r"^\s*(`{3,}|:{3,})\s*(\S*)", line)
+        if fence:
+            mark, lang = fence.groups()
+            if stack and stack[-1][0] == mark and not lang:
+                stack.pop()
+                continue
+            if all(keep for _, keep in stack):
+                stack.append((mark, bool(lang) and lang.split()[0] not in _CODE_FENCES))
+                continue
+        if all(keep for _, keep in stack) and not re.match(r"^\s*:[\w-]+:", line):
+            out.append(line)
+    prose = re.sub(r"\$\$.*?\$\$", "", "\n".join(out), flags=re.S)
+    for pattern in (r"\{[\w:-]+\}`[^`]*`", r"`[^`]*`", r"\$[^$\n]*\$", r"\]\([^)]*\)", r"(Figure|Table) \d+\.\d+"):
+        prose = re.sub(pattern, "", prose)
+    return prose
+
+
+# Typed numbers that are settings, targets or closed-form values, not results: each is checked elsewhere
+# in this file (the preset values) or is a fact of the tooling.
+_ALLOWED = {
+    "adaptive.md": {"0.016", "0.076", "0.148", "0.063", "0.303", "0.554", "0.944", "1.000", "5 %", "2 %"},
+    "cifar10.md": {"2,000", "1,500"},
+    "meaningful.md": {"0.85", "25 %", "0.9", "1.25", "1.1"},
+    "reproducing.md": {"3.10", "10,000"},
+}
+
+
+def test_chapters_type_no_result_numbers() -> None:
+    """Every decimal, percentage or large number in a chapter's prose is a ``{result}`` role, or an allowed
+    setting / closed-form value (listed above, and checked below)."""
+    typed = {}
+    for chapter in sorted(BOOK.glob("*.md")):
+        if chapter.name == "README.md":
+            continue
+        found = {m.group(0) for m in _NUMBER.finditer(_prose(chapter.read_text()))}
+        extra = found - _ALLOWED.get(chapter.name, set())
+        if extra:
+            typed[chapter.name] = sorted(extra)
+    assert not typed, f"numbers typed in prose (use the result role, see book/_ext/study_results.py): {typed}"
+
+
+def test_allowed_numbers_are_the_settings_and_formulas_they_claim_to_be() -> None:
+    from scipy import stats
+
+    from smoothgen.presets import STUDY_PRESETS
+
+    p08 = STUDY_PRESETS["08_meaningful_radii"]["cpu"]
+    assert (p08["target_consistency"], p08["target_fid_ratio"], p08["target_bleu"], p08["target_ppl_ratio"]) == \
+        (0.85, 1.25, 0.9, 1.1)
+    assert STUDY_PRESETS["05_adaptive_noise"]["cpu"]["cell_max_exit"] == 0.02
+    p03 = STUDY_PRESETS["03_cifar10"]["cpu"]
+    assert (p03["focus_n"], p03["n_real"]) == (1500, 2000)
+    table = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", (BOOK / "adaptive.md").read_text(), re.M)
+    assert len(table) == 3
+    for row in table:  # the likelihood-ratio test of two Gaussian variances: F_d(u*) − F_d(u*/κ²)
+        d = int(row[0])
+        for kappa, printed in zip((1.01, 1.05, 1.10), row[1:]):
+            u = 2 * d * math.log(kappa) / (1 - kappa**-2)
+            assert f"{stats.chi2.cdf(u, d) - stats.chi2.cdf(u / kappa**2, d):.3f}" == printed

@@ -6,7 +6,9 @@ Usage in a chapter (MyST)::
     {result}`08_meaningful_radii/cpu/cifar_quality.csv?method == "projection" and sigma_rel == 0.25#fid_ratio:.2f`
 
 ``<file>#<key>`` reads a key of a JSON file; ``<file>?<pandas query>#<column>`` reads one column of
-the single CSV row that matches the query. ``:<format>`` is a Python format spec (default ``.3g``).
+the single CSV row that matches the query; ``<file>[?<query>]#<column>@<agg>`` aggregates the column
+over every matching row (``agg`` in :data:`AGGREGATES`: ``min``, ``max``, ``median``, ``mean``,
+``sum``, ``count``; NaN cells are skipped, and no matching row is an error). ``:<format>`` is a Python format spec (default ``.3g``).
 Files are read from ``study_results_dir`` (default ``../data/results``, relative to the book folder).
 A JSON ``null`` (a result that the study found not to exist, e.g. no configuration met a condition)
 prints as :data:`NULL_TEXT`. A missing file, key or column, a query matching other than one row, or a
@@ -27,6 +29,7 @@ from sphinx.util import logging
 
 LOGGER = logging.getLogger(__name__)
 NULL_TEXT = "none (no configuration qualified)"
+AGGREGATES = ("min", "max", "median", "mean", "sum", "count")
 
 
 class ResultError(ValueError):
@@ -43,17 +46,32 @@ def parse(text: str) -> tuple[str, str | None, str, str]:
     return path.strip(), query.strip() or None, field.strip(), spec.strip() or ".3g"
 
 
+def aggregate(file: Path, query: str | None, field: str, text: str) -> Any:
+    """``field@agg`` over the CSV rows that ``query`` selects (all rows without one)."""
+    column, _, agg = field.partition("@")
+    if agg not in AGGREGATES:
+        raise ResultError(f"{text!r}: unknown aggregate {agg!r}; use one of {AGGREGATES}")
+    rows = pd.read_csv(file)
+    rows = rows.query(query) if query else rows
+    if rows.empty or column not in rows:
+        raise ResultError(f"{text!r}: the query matches no row or there is no column {column!r}")
+    value = getattr(rows[column].dropna(), agg)()
+    return value.item() if hasattr(value, "item") else value
+
+
 def lookup(root: Path, text: str) -> str:
     """The formatted value that ``text`` names under ``root``."""
     path, query, field, spec = parse(text)
     file = root / path
     if not file.is_file():
         raise ResultError(f"{text!r}: no result file {file}")
-    if query is None:
+    if "@" in field:
+        value: Any = aggregate(file, query, field, text)
+    elif query is None:
         data = json.loads(file.read_text())
         if field not in data:
             raise ResultError(f"{text!r}: {path} has no key {field!r}")
-        value: Any = data[field]
+        value = data[field]
     else:
         rows = pd.read_csv(file).query(query)
         if len(rows) != 1 or field not in rows:
@@ -72,6 +90,9 @@ def result_role(name: str, rawtext: str, text: str, lineno: int, inliner: Any, o
     env = inliner.document.settings.env
     root = (Path(env.srcdir) / env.config.study_results_dir).resolve()
     try:
+        path = root / parse(text)[0]
+        if path.is_file():
+            env.note_dependency(str(path))  # a rerun of the study marks the page outdated
         return [nodes.inline(rawtext, lookup(root, text), classes=["study-result"])], []
     except (ResultError, ValueError) as err:
         LOGGER.warning(str(err), location=(env.docname, lineno))
