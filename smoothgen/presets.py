@@ -28,6 +28,7 @@ Use :func:`get_train_preset` to read one with overrides.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 __all__ = ["TRAIN_PRESETS", "get_train_preset"]
@@ -332,13 +333,19 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def study_params(notebook: str, preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def study_params(notebook: str, preset: str, overrides: dict[str, Any] | str | None = None) -> dict[str, Any]:
     """Parameters of one study notebook at ``preset``, with ``overrides`` applied.
+
+    ``overrides`` is a dict, or its JSON text (what ``papermill -p overrides '{...}'`` delivers).
+    Each override must name a parameter of the preset and have its kind: a number where the preset
+    has a number (an integer where it has an integer), a list where it has a list, a string, a bool
+    or a dict likewise; ``None`` is accepted where the preset has ``None`` or a number/string.
 
     Raises
     ------
     ValueError
-        For an unknown notebook or preset, or an override that names no parameter.
+        For an unknown notebook or preset, overrides that are not a JSON object, an override that
+        names no parameter, or one of the wrong kind.
     """
     if notebook not in STUDY_PRESETS:
         raise ValueError(f"unknown notebook {notebook!r}; choose from {sorted(STUDY_PRESETS)}")
@@ -346,8 +353,47 @@ def study_params(notebook: str, preset: str, overrides: dict[str, Any] | None = 
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {notebook}; choose from {sorted(presets)}")
     params = copy.deepcopy(presets[preset])
-    unknown = sorted(set(overrides or {}) - set(params))
+    overrides = _parse_overrides(overrides)
+    unknown = sorted(set(overrides) - set(params))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {notebook}; known: {sorted(params)}")
-    params.update(copy.deepcopy(overrides or {}))
+    for key, value in overrides.items():
+        _check_kind(key, value, params[key])
+    params.update(copy.deepcopy(overrides))
     return {**params, "preset": preset, "notebook": notebook}
+
+
+def _parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
+    """``overrides`` as a dict: ``None`` -> ``{}``, JSON text parsed; anything else refused."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides) if overrides.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"overrides must be a JSON object such as '{{\"n\": 40}}' (keys in double quotes); "
+                             f"got {overrides!r} ({err.msg})") from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a dict (or its JSON text), got {type(overrides).__name__}")
+    return overrides
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "number"
+    return {list: "list", tuple: "list", dict: "dict", str: "str"}.get(type(value), "other")
+
+
+def _check_kind(key: str, value: Any, default: Any) -> None:
+    """Refuse an override whose kind differs from the preset's (an int is a valid number)."""
+    want, got = _kind(default), _kind(value)
+    if default is None or want == "other" or got == want or (want == "number" and got == "int"):
+        return
+    if value is None and want in ("int", "number", "str"):
+        return
+    raise ValueError(f"override {key}={value!r} is of kind {got}, but the preset's {key} is of kind {want} "
+                     f"(default {default!r})")

@@ -34,7 +34,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from smoothgen.data import CIFAR10_DIR, CIFAR10_URL, PTB_URL, data_root, load_cifar10, load_ptb
-from smoothgen.presets import STUDY_PRESETS
+from smoothgen.presets import STUDY_PRESETS, study_params
 from smoothgen.results import repo_root, results_dir, write_json
 from smoothgen.results import results_root as resolve_results_root
 
@@ -143,7 +143,7 @@ def list_notebooks(only: Sequence[str] | None = None) -> list[Path]:
 
 
 def check_overrides(notebooks: Sequence[Path], preset: str, overrides: Mapping[str, Any] | None) -> None:
-    """Check that every override is a parameter of every notebook's ``preset`` (see ``STUDY_PRESETS``).
+    """Check that every override is a parameter of every notebook's ``preset`` (see ``STUDY_PRESETS``), of its kind.
 
     Raises
     ------
@@ -155,6 +155,9 @@ def check_overrides(notebooks: Sequence[Path], preset: str, overrides: Mapping[s
     valid = {nb.stem: set(STUDY_PRESETS.get(nb.stem, {}).get(preset, {})) for nb in notebooks}
     rejecting = [name for name, known in valid.items() if keys - known]
     if not rejecting:
+        for name in valid:  # the kinds too (a string where a number belongs), before anything runs
+            if name in STUDY_PRESETS:
+                study_params(name, preset, dict(overrides or {}))
         return
     unknown = sorted(set().union(*(keys - valid[name] for name in rejecting)))
     taking = [name.split("_")[0] for name, known in valid.items() if keys <= known]

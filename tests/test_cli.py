@@ -105,3 +105,10 @@ def test_train_help_names_the_command(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert out.startswith("usage: smoothgen train") and "python -m" not in out
     assert "data/checkpoints/" in out and "SMOOTHGEN_DATA" in out
+
+
+def test_an_override_of_the_wrong_kind_fails_before_anything_runs(capsys) -> None:
+    from smoothgen import cli
+
+    code = cli.main(["study", "--preset", "smoke", "--only", "03", "--set", '{"n": "forty"}'])
+    assert code == 2 and "n='forty' is of kind str" in capsys.readouterr().err

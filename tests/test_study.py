@@ -227,3 +227,19 @@ def test_data_needs_cover_what_each_notebook_loads() -> None:
         source = (study.repo_root() / "smoothgen" / "experiments" / f"{module}.py").read_text()
         called = {name for name in study.DATASETS if f"load_{name}(" in source}
         assert called <= set(study.DATA_NEEDS[book.stem]), book.stem
+
+
+def test_study_params_parse_json_overrides_and_refuse_the_wrong_kind() -> None:
+    """What ``papermill -p overrides '{...}'`` delivers (a string) is parsed; a value of the wrong kind
+    fails at once with the parameter's name, instead of deep inside the experiment."""
+    from smoothgen.presets import study_params
+
+    assert study_params("03_cifar10", "smoke", '{"n": 40, "sigma_rel": [0.01]}')["n"] == 40
+    assert study_params("03_cifar10", "smoke", "")["n"] == study_params("03_cifar10", "smoke")["n"]
+    assert study_params("03_cifar10", "smoke", {"epsilon": 1})["epsilon"] == 1  # an int is a number
+    for bad, match in [("{n: 5}", "JSON object"), ("[1]", "must be a dict"), ('{"n": "x"}', "n='x' is of kind str"),
+                       ({"n": [1]}, "kind list, but the preset's n is of kind int"),
+                       ({"sigma_rel": 0.1}, "kind number, but the preset's sigma_rel is of kind list"),
+                       ({"n": True}, "kind bool")]:
+        with pytest.raises(ValueError, match=re.escape(match) if "'" in match else match):
+            study_params("03_cifar10", "smoke", bad)
