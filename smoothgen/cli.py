@@ -8,14 +8,13 @@ with their traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from smoothgen import study
+from smoothgen import presets, study
 
 SET_EXAMPLE = """--only 03 --set '{"n": 40}'"""
 """The ``--set`` example of the help (tests check that it passes validation)."""
@@ -131,23 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_overrides(text: str | None) -> dict[str, Any]:
-    """The value of ``--set``: a JSON object (``{}`` when absent).
-
-    Raises
-    ------
-    ValueError
-        If ``text`` is not JSON or not a JSON object.
-    """
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--set: not valid JSON ({err.msg} at column {err.colno}); keys and strings need "
-                         f"double quotes, e.g. {SET_EXAMPLE}") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"--set: expected a JSON object such as '{{\"n\": 40}}', got {text!r}")
-    return value
+    """The value of ``--set``: a JSON object (``{}`` when absent); see :func:`smoothgen.presets.parse_overrides`."""
+    return presets.parse_overrides(text, "--set")
 
 
 def _study(args: argparse.Namespace) -> int:

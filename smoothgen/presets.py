@@ -353,7 +353,7 @@ def study_params(notebook: str, preset: str, overrides: dict[str, Any] | str | N
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {notebook}; choose from {sorted(presets)}")
     params = copy.deepcopy(presets[preset])
-    overrides = _parse_overrides(overrides)
+    overrides = parse_overrides(overrides)
     unknown = sorted(set(overrides) - set(params))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown} for {notebook}; known: {sorted(params)}")
@@ -363,18 +363,24 @@ def study_params(notebook: str, preset: str, overrides: dict[str, Any] | str | N
     return {**params, "preset": preset, "notebook": notebook}
 
 
-def _parse_overrides(overrides: dict[str, Any] | str | None) -> dict[str, Any]:
-    """``overrides`` as a dict: ``None`` -> ``{}``, JSON text parsed; anything else refused."""
-    if overrides is None:
+def parse_overrides(overrides: dict[str, Any] | str | None, what: str = "overrides") -> dict[str, Any]:
+    """``overrides`` as a dict: ``None`` or blank -> ``{}``, JSON text parsed (``what`` names it in errors).
+
+    Raises
+    ------
+    ValueError
+        If the text is not JSON, or the value is not a JSON object / dict.
+    """
+    if overrides is None or (isinstance(overrides, str) and not overrides.strip()):
         return {}
     if isinstance(overrides, str):
         try:
-            overrides = json.loads(overrides) if overrides.strip() else {}
+            overrides = json.loads(overrides)
         except json.JSONDecodeError as err:
-            raise ValueError(f"overrides must be a JSON object such as '{{\"n\": 40}}' (keys in double quotes); "
-                             f"got {overrides!r} ({err.msg})") from None
+            raise ValueError(f"{what}: not valid JSON ({err.msg} at column {err.colno}); keys and strings need "
+                             """double quotes, e.g. '{"n": 40}'""") from None
     if not isinstance(overrides, dict):
-        raise ValueError(f"overrides must be a dict (or its JSON text), got {type(overrides).__name__}")
+        raise ValueError(f"""{what}: expected a JSON object such as '{{"n": 40}}', got {overrides!r}""")
     return overrides
 
 

@@ -237,7 +237,7 @@ def test_study_params_parse_json_overrides_and_refuse_the_wrong_kind() -> None:
     assert study_params("03_cifar10", "smoke", '{"n": 40, "sigma_rel": [0.01]}')["n"] == 40
     assert study_params("03_cifar10", "smoke", "")["n"] == study_params("03_cifar10", "smoke")["n"]
     assert study_params("03_cifar10", "smoke", {"epsilon": 1})["epsilon"] == 1  # an int is a number
-    for bad, match in [("{n: 5}", "JSON object"), ("[1]", "must be a dict"), ('{"n": "x"}', "n='x' is of kind str"),
+    for bad, match in [("{n: 5}", "not valid JSON"), ("[1]", "expected a JSON object"), ('{"n": "x"}', "n='x' is of kind str"),
                        ({"n": [1]}, "kind list, but the preset's n is of kind int"),
                        ({"sigma_rel": 0.1}, "kind number, but the preset's sigma_rel is of kind list"),
                        ({"n": True}, "kind bool")]:
