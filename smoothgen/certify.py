@@ -1145,9 +1145,8 @@ class ConcentrationCertificate(_Unpackable):
 
 
 def _check_hits(count: ArrayLike, n: ArrayLike) -> tuple[int, int]:
-    k, m = _scalar(count, "count"), _scalar(n, "n")
-    if not (math.isfinite(k) and math.isfinite(m)) or m != round(m) or k != round(k) or m < 1 or not 0 <= k <= m:
-        raise ValueError(f"need integers 0 <= count <= n and n >= 1, got count={k!r}, n={m!r}")
+    """Scalar :func:`_check_trials`."""
+    k, m = _check_trials(_scalar(count, "count"), _scalar(n, "n"), ("count", "n"))
     return int(k), int(m)
 
 

@@ -125,7 +125,7 @@ def cifar_cell_block(diffusion: Any, evaluator: torch.nn.Module, params: dict[st
     ``cifar_classes``."""
     book = diffusion.conditions()
     front = NearestEmbedding(book)
-    half = torch.stack([front.margins(book[k : k + 1], torch.tensor([k]))[0] for k in range(len(book))])
+    half = half_nearest(front)
     sigma = params["cell_cifar_sigma_rel"] * float(half.min())
     rows, images = [], {}
     for k in tqdm(range(len(book)), desc="cifar cell attacks", leave=False):
@@ -167,8 +167,7 @@ def ptb_cell_block(lm: Any, pairs: list, params: dict[str, Any]) -> tuple[list[d
     """Attack trials on every prompt's cell certificate and, end to end, the projection-smoothed
     greedy continuation at the attacked prompt (fraction of draws that differ from the clean one)."""
     params = {**params, "cell_n_cert": params["cell_ptb_n"], "cell_n_fresh": params["cell_ptb_n"]}
-    book = lm.model.transformer.wte.weight.detach()
-    front, unit = NearestEmbedding(book), lm.embedding_geometry()["nn_median"]
+    front, unit = NearestEmbedding(lm.token_embeddings()), lm.embedding_geometry()["nn_median"]
     sigma = params["cell_ptb_sigma_rel"] * unit
     rows, texts = [], []
     for i, prompt in enumerate(tqdm(pairs, desc="ptb cell attacks", leave=False)):
@@ -178,14 +177,16 @@ def ptb_cell_block(lm: Any, pairs: list, params: dict[str, Any]) -> tuple[list[d
         rows += part
         if kept["delta"] is None:
             continue
-        row, text = _ptb_end_to_end(lm, front, ids, sigma, kept, params, i)
+        row, text = _ptb_end_to_end(lm, front, ids, sigma, kept, params, i, unit)
         rows.append({**row, "unit": unit})
         texts.append(text)
     return rows, texts
 
 
 def _ptb_end_to_end(lm: Any, front: NearestEmbedding, ids: torch.Tensor, sigma: float, kept: dict[str, Any],
-                    params: dict[str, Any], i: int) -> tuple[dict, dict]:
+                    params: dict[str, Any], i: int, unit: float) -> tuple[dict, dict]:
+    """Fraction of projection-smoothed continuations at the attacked prompt that differ from the clean one
+    (``unit``: the median nearest-token distance, for ``radius_rel``)."""
     center = lm.prompt_embeddings(ids)
     clean = lm(center[None], make_generator(0, "cpu"))[0].cpu()
     smoothed = SmoothedGenerator(FrontEndGenerator(lm, front), GaussianNoise(sigma, event_shape=center.shape),
@@ -202,7 +203,7 @@ def _ptb_end_to_end(lm: Any, front: NearestEmbedding, ids: torch.Tensor, sigma: 
     majority = torch.mode(draws, dim=0).values
     return row, {"prompt": lm.vocab.decode(ids.tolist()), "clean": lm.vocab.decode(clean.tolist()),
                  "attacked_majority": lm.vocab.decode(majority.tolist()), "changed_fraction": float(differs.mean()),
-                 "radius": r, "radius_rel": r / lm.embedding_geometry()["nn_median"]}
+                 "radius": r, "radius_rel": r / unit}
 
 
 # ----------------------------------------------------------------------------- notebook 05: σ off the cells
@@ -270,11 +271,11 @@ def cell_sigma_rows(front: NearestEmbedding, conditions: list[torch.Tensor], sca
     for name, picks in chosen.items():
         if any(g is None for g in picks):
             continue
-        table = torch.full((front.codebook.shape[0],), math.inf, dtype=torch.float64)
         if name == "cells":
             table = kappas[picks[0]] * scale.double()
-        for i, ids in enumerate(conditions):
-            if name != "cells":
+        else:  # written at each condition's codewords; the others are never read
+            table = torch.full((front.codebook.shape[0],), math.inf, dtype=torch.float64)
+            for i, ids in enumerate(conditions):
                 table[ids] = kappas[picks[i]] * bases[name][i]
         cell_sigma = CellSigma(front.indices, front.margins, table)
         for i, ids in enumerate(conditions):
@@ -313,7 +314,7 @@ def cell_sigma_block(cifar_book: torch.Tensor | None, lm: Any | None, pairs: lis
         tables.append(table.assign(radius_rel=table["identity_radius"] / table["scale"], word_swaps=math.nan))
     if lm is not None:
         params = {**params, "cell_n_cert": params["cell_ptb_n"], "cell_n_cal": params["cell_ptb_n_cal"]}
-        front, unit = NearestEmbedding(lm.model.transformer.wte.weight.detach()), lm.embedding_geometry()["nn_median"]
+        front, unit = NearestEmbedding(lm.token_embeddings()), lm.embedding_geometry()["nn_median"]
         table = cell_sigma_rows(front, [p.flatten() for p in pairs], half_nearest(front), unit / 2, params, "ptb",
                                 held_out=True)
         tables.append(table.assign(radius_rel=table["identity_radius"] / unit,

@@ -427,7 +427,7 @@ def ptb_breakdowns(lm: Any, block: dict[str, Any], params: dict[str, Any]) -> pd
 def ptb_at_radius(lm: Any, block: dict[str, Any], radii: pd.Series, count: int) -> pd.DataFrame:
     """Base continuations after moving each prompt's most fragile word towards its nearest neighbour
     by the certified radius (and all the way: the word swap)."""
-    rows, book = [], block_codebook(lm)
+    rows, book = [], lm.token_embeddings()
     for i, (prompt, _) in enumerate(block["pairs"][:count]):
         nn = nearest_token_distance(book, prompt)
         t = int(nn.argmin())
@@ -444,11 +444,6 @@ def ptb_at_radius(lm: Any, block: dict[str, Any], radii: pd.Series, count: int) 
                          "radius_rel": r / block["unit"], "continuation": lm.vocab.decode(out.tolist()),
                          "clean_continuation": block["clean_texts"][i]})
     return pd.DataFrame(rows)
-
-
-def block_codebook(lm: Any) -> torch.Tensor:
-    """The LM's token-embedding table ``[V, d]`` (detached)."""
-    return lm.model.transformer.wte.weight.detach()
 
 
 # ----------------------------------------------------------------------------- summary and run
@@ -529,7 +524,7 @@ def load_models(params: dict[str, Any], device: torch.device) -> tuple[Models, M
         noisy_d, device=device, steps=params["diffusion_steps"], guidance_scale=params["guidance_scale"]),
         diffusion.conditions())
     ptb = Models(lm, None if noisy_l is None else load_lm(noisy_l, device=device, steps=params["steps"]),
-                 block_codebook(lm))
+                 lm.token_embeddings())
     return cifar, ptb, load_classifier(None)
 
 

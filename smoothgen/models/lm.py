@@ -123,6 +123,10 @@ class LMGenerator:
     def embedding_dim(self) -> int:
         return int(self.model.config.n_embd)
 
+    def token_embeddings(self) -> Tensor:
+        """The whole token-embedding table ``[V, d]`` (``wte``, detached): the codebook of a projection front-end."""
+        return self.model.transformer.wte.weight.detach()
+
     def prompt_embeddings(self, prompt_ids: Tensor | list[int]) -> Tensor:
         """Token embeddings ``[k, d]`` (rows of ``wte``; no position embeddings) of ``prompt_ids [k]``."""
         ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=self.device)
