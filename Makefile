@@ -4,9 +4,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 PRESET ?= cpu
 TORCH  ?= torch==2.13.0
+# Where torch comes from: PyTorch's CPU wheels where no NVIDIA GPU answers (PyPI's Linux wheel pulls
+# several GB of CUDA libraries), PyPI's CUDA wheels where one does. Override, e.g.
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cu128   (another CUDA build)
+#   make install TORCH_INDEX=                                         (plain PyPI)
+TORCH_INDEX ?= $(if $(shell nvidia-smi -L 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 BIN    := $(VENV)/bin
 
-.PHONY: all install system-deps study book test clean-book
+.PHONY: all install system-deps data study book test clean-book
 
 # The study reruns only the notebooks whose inputs changed, fetching the data they read when it is
 # absent (`smoothgen study --help`). Exit status 3 means that data is missing and could not be
@@ -25,6 +30,7 @@ $(BIN)/activate:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install --retries 1 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(BIN)/pip install "$(TORCH)" -e ".[test,book]"
 	touch $@
 
@@ -32,6 +38,14 @@ install: $(VENV)/.installed
 
 system-deps:
 	bash scripts/system_deps.sh
+
+# The datasets the tests read (every split), fetched into the data root when absent (`smoothgen data -h`).
+# Offline and without them, the tests that read them are skipped, each with one line (a failure under CI).
+data: install
+	@$(BIN)/smoothgen data --download; status=$$?; \
+	if [ $$status -eq 3 ]; then \
+	  echo "make: the datasets could not be fetched (see above); the tests that read them will be skipped"; \
+	elif [ $$status -ne 0 ]; then exit $$status; fi
 
 study: install
 	$(STUDY)
@@ -41,7 +55,7 @@ book: install
 	$(BIN)/jupyter-book build book/ -W -n --keep-going
 	@echo "Book: $(CURDIR)/book/_build/html/index.html"
 
-test: install system-deps
+test: install system-deps data
 	$(BIN)/python -m pytest
 
 clean-book:

@@ -41,6 +41,7 @@ a crash or an interrupted download leaves no partial file behind.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.client
@@ -175,8 +176,10 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write ``path`` through a temporary file in its folder and :func:`os.replace`.
 
     If ``write`` raises (or the process dies), ``path`` is untouched and the temporary file
-    is removed (or, after a crash, left as a hidden ``.*.part`` file, never under ``path``).
+    is removed (or, after a crash, left as a hidden ``.*.part`` file, never under ``path``), and so are
+    the folders made for it that are still empty.
     """
+    made = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
@@ -188,6 +191,9 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
 
 

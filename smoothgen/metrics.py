@@ -28,6 +28,10 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.text import BLEUScore, ROUGEScore
 
+LOCAL = {"sync_on_compute": False}
+"""torchmetrics keyword for every metric here: a value is over the samples this process was handed. Without
+it, a metric computed inside a torchrun rank (:mod:`smoothgen.distributed`) gathers every rank's states."""
+
 __all__ = [
     "INCEPTION_FEATURE_NAME",
     "MetricResult",
@@ -287,11 +291,11 @@ def _fid_metric(
             raise ValueError(f"feature must be a module/callable or 'inception', got {feature!r}")
         _require_inception(inception_weights)
         weights = str(inception_weights) if inception_weights is not None else str(_hub_inception_weights())
-        metric = FrechetInceptionDistance(feature=2048, normalize=False, feature_extractor_weights_path=weights)
+        metric = FrechetInceptionDistance(feature=2048, normalize=False, feature_extractor_weights_path=weights, **LOCAL)
         return metric, "FID", INCEPTION_FEATURE_NAME, True
     name = _check_feature_name(feature_name)
     adapter = _make_adapter(feature, preprocess, probe, name)
-    return FrechetInceptionDistance(feature=adapter, normalize=True), f"FID[{name}]", name, False
+    return FrechetInceptionDistance(feature=adapter, normalize=True, **LOCAL), f"FID[{name}]", name, False
 
 
 def frechet_distance(
@@ -433,14 +437,14 @@ def _is_metric(
             if logits_module != "inception":
                 raise ValueError(f"logits_module must be a module/callable or 'inception', got {logits_module!r}")
             _require_inception(None)
-            metric = InceptionScore(feature="logits_unbiased", splits=splits, normalize=False)
+            metric = InceptionScore(feature="logits_unbiased", splits=splits, normalize=False, **LOCAL)
             return metric, "IS", INCEPTION_FEATURE_NAME, True
         name = _check_feature_name(feature_name)
         adapter = _make_adapter(logits_module, preprocess, probe, name)
         if adapter.num_features < 2:
             raise ValueError(f"logits_module '{name}' must return logits over at least 2 classes")
         # normalize=False: with normalize=True torchmetrics would cast the images to uint8 before the module.
-        return InceptionScore(feature=adapter, splits=splits, normalize=False), f"IS[{name}]", name, False
+        return InceptionScore(feature=adapter, splits=splits, normalize=False, **LOCAL), f"IS[{name}]", name, False
 
 
 def class_consistency(
@@ -533,7 +537,7 @@ def bleu(
         raise ValueError(f"n_gram must be a positive int, got {n_gram!r}")
     if all(len(p.split()) < n_gram for p in preds_):
         raise ValueError(f"no prediction has {n_gram} tokens, so {n_gram}-gram precision is undefined; lower n_gram")
-    metric = BLEUScore(n_gram=n_gram, smooth=smooth)
+    metric = BLEUScore(n_gram=n_gram, smooth=smooth, **LOCAL)
     metric.update(preds_, refs_)
     return float(metric.compute())
 
@@ -554,7 +558,7 @@ def rouge(preds: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]]) -
         ``{"rouge1": F1, "rouge2": F2, "rougeL": FL}``.
     """
     preds_, refs_ = _check_texts(preds, refs)
-    metric = ROUGEScore(rouge_keys=_ROUGE_KEYS, use_stemmer=False)
+    metric = ROUGEScore(rouge_keys=_ROUGE_KEYS, use_stemmer=False, **LOCAL)
     metric.update(preds_, refs_)
     scores = metric.compute()
     return {key: float(scores[f"{key}_fmeasure"]) for key in _ROUGE_KEYS}

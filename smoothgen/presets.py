@@ -27,8 +27,11 @@ Use :func:`get_train_preset` to read one with overrides.
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
+import os
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["TRAIN_PRESETS", "get_train_preset"]
@@ -333,7 +336,12 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def study_params(notebook: str, preset: str, overrides: dict[str, Any] | str | None = None) -> dict[str, Any]:
+NOTEBOOK_PARAMETERS = ("preset", "overrides")
+"""The parameters of every study notebook's ``parameters`` cell (the rest travels in ``overrides``)."""
+
+
+def study_params(notebook: str, preset: str, overrides: dict[str, Any] | str | None = None,
+                 history: Sequence[str] | None = None) -> dict[str, Any]:
     """Parameters of one study notebook at ``preset``, with ``overrides`` applied.
 
     ``overrides`` is a dict, or its JSON text (what ``papermill -p overrides '{...}'`` delivers).
@@ -341,14 +349,22 @@ def study_params(notebook: str, preset: str, overrides: dict[str, Any] | str | N
     has a number (an integer where it has an integer), a list where it has a list, a string, a bool
     or a dict likewise; ``None`` is accepted where the preset has ``None`` or a number/string.
 
+    ``history`` is the kernel's input history (IPython's ``In``), which the study notebooks pass. In a
+    papermill run it holds papermill's injected ``# Parameters`` cell: a name set there other than
+    :data:`NOTEBOOK_PARAMETERS` is refused (papermill itself only logs "Passed unknown parameter" and
+    runs on with the preset's value), and, the run having no one watching, progress bars go off
+    (``TQDM_DISABLE=1`` in the kernel's environment).
+
     Raises
     ------
     ValueError
         For an unknown notebook or preset, overrides that are not a JSON object, an override that
-        names no parameter, or one of the wrong kind.
+        names no parameter, one of the wrong kind, or an injected parameter other than ``preset`` and
+        ``overrides``.
     """
     if notebook not in STUDY_PRESETS:
         raise ValueError(f"unknown notebook {notebook!r}; choose from {sorted(STUDY_PRESETS)}")
+    _check_injected(notebook, history)
     presets = STUDY_PRESETS[notebook]
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {notebook}; choose from {sorted(presets)}")
@@ -361,6 +377,37 @@ def study_params(notebook: str, preset: str, overrides: dict[str, Any] | str | N
         _check_kind(key, value, params[key])
     params.update(copy.deepcopy(overrides))
     return {**params, "preset": preset, "notebook": notebook}
+
+
+def injected_parameters(history: Sequence[str]) -> dict[str, str] | None:
+    """Names and (JSON) value texts that papermill's injected ``# Parameters`` cell in ``history``
+    assigns, or ``None`` when the kernel ran no such cell (an interactive session)."""
+    for source in history:
+        if source.lstrip().startswith("# Parameters"):
+            return {target.id: _json_text(node.value) for node in ast.parse(source).body
+                    if isinstance(node, ast.Assign) for target in node.targets if isinstance(target, ast.Name)}
+    return None
+
+
+def _json_text(node: ast.expr) -> str:
+    """The JSON text of a literal (how it would be written inside ``-p overrides``), else its source."""
+    try:
+        return json.dumps(ast.literal_eval(node))
+    except (ValueError, TypeError):
+        return ast.unparse(node)
+
+
+def _check_injected(notebook: str, history: Sequence[str] | None) -> None:
+    """Refuse papermill parameters the notebook does not take; turn progress bars off in a papermill run."""
+    injected = injected_parameters(history or [])
+    if injected is None:
+        return
+    os.environ["TQDM_DISABLE"] = "1"
+    unknown = {name: value for name, value in injected.items() if name not in NOTEBOOK_PARAMETERS}
+    if unknown:
+        name, value = next(iter(unknown.items()))
+        raise ValueError(f"{notebook} takes only -p preset <{'|'.join(STUDY_PRESETS[notebook])}> and -p overrides "
+                         f"'<JSON>', not {sorted(unknown)}; pass them as -p overrides '{{\"{name}\": {value}}}'")
 
 
 def parse_overrides(overrides: dict[str, Any] | str | None, what: str = "overrides") -> dict[str, Any]:

@@ -6,14 +6,19 @@ SmoothGen never touches global RNG state. Every random draw goes through a
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 DeviceLike = str | torch.device | None
 
 
 def default_device() -> torch.device:
-    """Return ``cuda`` when a GPU is visible, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """Return ``cuda`` when a GPU is visible (``cuda:LOCAL_RANK`` in a process launched by torchrun: one
+    device per rank), else ``cpu``."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ["LOCAL_RANK"])) if "LOCAL_RANK" in os.environ else torch.device("cuda")
 
 
 def resolve_device(device: DeviceLike = None) -> torch.device:

@@ -23,17 +23,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from smoothgen.data import CIFAR10_DIR, CIFAR10_URL, PTB_URL, data_root, load_cifar10, load_ptb
+from smoothgen import distributed
+from smoothgen.data import (CIFAR10_DIR, CIFAR10_MD5, CIFAR10_URL, PTB_MD5, PTB_SPLITS, PTB_URL, data_root, load_cifar10,
+                            load_ptb)
 from smoothgen.presets import STUDY_PRESETS, study_params
 from smoothgen.results import repo_root, results_dir, write_json
 from smoothgen.results import results_root as resolve_results_root
@@ -69,6 +76,8 @@ class Dataset:
         The official source.
     fetch
         Downloads the official files into the data root (checksums verified).
+    complete
+        Every file of the dataset (all splits: what the tests and the model training read).
     """
 
     title: str
@@ -76,19 +85,22 @@ class Dataset:
     files: tuple[str, ...]
     source: str
     fetch: Callable[[], object]
+    complete: tuple[str, ...]
 
-    def missing(self, root: Path) -> list[Path]:
-        """The files of :attr:`files` that are absent under the data root ``root``."""
-        return [root / self.folder / name for name in self.files if not (root / self.folder / name).is_file()]
+    def missing(self, root: Path, every: bool = False) -> list[Path]:
+        """The files of :attr:`files` (of :attr:`complete` if ``every``) absent under the data root ``root``."""
+        names = self.complete if every else self.files
+        return [root / self.folder / name for name in names if not (root / self.folder / name).is_file()]
 
 
 DATASETS: dict[str, Dataset] = {
     "cifar10": Dataset("CIFAR-10", f"cifar10/{CIFAR10_DIR}", ("test_batch", "batches.meta"),
-                       f"{CIFAR10_URL} (extracted)", lambda: load_cifar10("test", download=True)),
+                       f"{CIFAR10_URL} (extracted)", lambda: [load_cifar10(split, download=True) for split in ("test", "train")], tuple(CIFAR10_MD5)),
     "ptb": Dataset("Penn Treebank", "ptb", ("ptb.train.txt", "ptb.test.txt"), PTB_URL,
-                   lambda: load_ptb("test", download=True)),
+                   lambda: [load_ptb(split, download=True) for split in PTB_SPLITS], tuple(PTB_MD5)),
 }
-"""The datasets of the study notebooks (only test splits; PTB's vocabulary comes from its train file)."""
+"""The datasets of the study notebooks (which read the test splits; PTB's vocabulary comes from its train
+file). ``fetch`` gets every split: the tests and the model training read them too."""
 
 DATA_NEEDS: dict[str, tuple[str, ...]] = {
     "01_smoothing_classifiers": ("cifar10",), "02_certificates": (), "03_cifar10": ("cifar10",),
@@ -252,6 +264,23 @@ def fetch_data(names: Iterable[str]) -> None:
             raise DataMissingError(f"could not fetch {dataset.title}: {err}\n{data_help([name])}") from err
 
 
+def ensure_datasets(names: Iterable[str], download: bool = False) -> dict[str, list[Path]]:
+    """Every file of the datasets ``names`` under the data root, fetched if ``download``; returns what is
+    still missing, by name (empty when complete).
+
+    Raises
+    ------
+    DataMissingError
+        If a download fails (nothing half-made is left behind).
+    """
+    root = data_root()
+    missing = {name: files for name in names if (files := DATASETS[name].missing(root, every=True))}
+    if missing and download:
+        fetch_data(missing)
+        missing = {name: files for name in missing if (files := DATASETS[name].missing(root, every=True))}
+    return missing
+
+
 def require_data(notebooks: Sequence[Path], download: bool = False) -> None:
     """Make sure the data read by ``notebooks`` is present, fetching it if ``download``.
 
@@ -335,11 +364,35 @@ def _execute(notebook: Path, parameters: dict[str, Any], out_dir: Path, root: Pa
     return tmp
 
 
+def experiment_of(notebook: Path) -> ModuleType:
+    """The ``smoothgen.experiments`` module whose ``run`` the notebook calls (read from its source)."""
+    found = re.search(r"from smoothgen\.experiments import (\w+)", notebook.read_text())
+    if found is None:
+        raise ValueError(f"{notebook.name} imports no smoothgen.experiments module")
+    return importlib.import_module(f"smoothgen.experiments.{found.group(1)}")
+
+
+def sharded(notebook: Path) -> bool:
+    """Whether the notebook's experiment splits its work across torchrun ranks (its module's ``SHARDED``)."""
+    return bool(getattr(experiment_of(notebook), "SHARDED", False))
+
+
+def _execute_sharded(notebook: Path, preset: str, overrides: dict[str, Any] | None, root: Path, nproc: int) -> None:
+    """Run the notebook on ``nproc`` torchrun ranks (:mod:`smoothgen.distributed`); rank 0 writes its results."""
+    command = distributed.torchrun_command(notebook, preset, overrides, root, nproc)
+    command[0] = str(Path(sys.executable).with_name("torchrun"))
+    done = subprocess.run(command, cwd=repo_root())
+    if done.returncode != 0:
+        raise NotebookError(f"notebook {notebook.stem} failed on {nproc} ranks (torchrun exit {done.returncode}; "
+                            f"see the output above and {results_dir(notebook.stem, preset, root)})")
+
+
 def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None = None,
-                 force: bool = False, results_root: Path | None = None) -> dict[str, Any]:
+                 force: bool = False, results_root: Path | None = None, nproc: int = 1) -> dict[str, Any]:
     """Execute one notebook with papermill unless its stamp says its inputs are unchanged.
 
-    Results go under :func:`output_root` (``overrides``, ``results_root``).
+    Results go under :func:`output_root` (``overrides``, ``results_root``). With ``nproc > 1`` a
+    shard-aware notebook (:func:`sharded`) runs on that many torchrun ranks, giving the same tables.
     Returns the stamp: ``{"notebook", "preset", "digest", "wall_time_s", "output", "skipped"}``.
     """
     parameters, root = _parameters(preset, overrides), output_root(overrides, results_root)
@@ -347,6 +400,9 @@ def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None =
     saved = None if force else _saved_stamp(notebook, preset, root, digest)
     if saved is not None:
         return {**saved, "skipped": True}
+    if nproc > 1 and sharded(notebook):
+        _execute_sharded(notebook, preset, overrides, root, nproc)
+        return {**json.loads((results_dir(notebook.stem, preset, root) / STAMP).read_text()), "skipped": False}
     start = time.perf_counter()
     out_dir, output = results_dir(notebook.stem, preset, root), executed_path(notebook, preset, root)
     tmp = _execute(notebook, parameters, out_dir, root)
@@ -361,8 +417,10 @@ def run_notebook(notebook: Path, preset: str, overrides: dict[str, Any] | None =
 
 
 def run_study(preset: str, only: Sequence[str] | None = None, overrides: dict[str, Any] | None = None,
-              force: bool = False, results_root: Path | None = None, download: bool = False) -> list[dict[str, Any]]:
-    """Run the notebooks in order (see :func:`run_notebook`) with a progress bar; stop at the first failure.
+              force: bool = False, results_root: Path | None = None, download: bool = False,
+              nproc: int = 1) -> list[dict[str, Any]]:
+    """Run the notebooks in order (see :func:`run_notebook`, which takes ``nproc``) with a progress bar;
+    stop at the first failure.
 
     Before anything runs, the overrides are checked against every selected notebook
     (:func:`check_overrides`) and the data of the notebooks that will run is required
@@ -384,5 +442,5 @@ def run_study(preset: str, only: Sequence[str] | None = None, overrides: dict[st
     with tqdm(books, desc=f"study[{preset}]", unit="notebook") as bar:
         for notebook in bar:
             bar.set_postfix_str(notebook.stem)
-            stamps.append(run_notebook(notebook, preset, overrides, force, results_root))
+            stamps.append(run_notebook(notebook, preset, overrides, force, results_root, nproc))
     return stamps

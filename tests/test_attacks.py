@@ -440,6 +440,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.needs_data("ptb")
 def test_experiment_runs_on_random_tiny_models_and_writes_the_trials_table(tmp_path, monkeypatch, one_thread) -> None:
     import pandas as pd
 

@@ -21,7 +21,7 @@ import torch
 
 from smoothgen import data
 
-SHARED = Path(os.environ.get("SMOOTHGEN_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED = data.data_root()  # $SMOOTHGEN_DATA, else data/ in the repository (tests marked needs_data)
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TRAIN_NAMES = tuple(f"data_batch_{k}" for k in range(1, 6))
 
@@ -77,6 +77,7 @@ def shared_cifar(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return out
 
 
+@pytest.mark.needs_data("cifar10")
 @pytest.mark.parametrize(("split", "n"), [("train", 50_000), ("test", 10_000)])
 def test_cifar10_shared_counts_and_variant(shared_cifar: dict, split: str, n: int) -> None:
     ds = shared_cifar[split]
@@ -88,6 +89,7 @@ def test_cifar10_shared_counts_and_variant(shared_cifar: dict, split: str, n: in
     assert ds.root == SHARED.resolve()
 
 
+@pytest.mark.needs_data("cifar10")
 def test_cifar10_shared_order_pixels_and_channel_means(shared_cifar: dict) -> None:
     train, test = shared_cifar["train"], shared_cifar["test"]
     # first labels of the official data_batch_1 and test_batch (README of the shared data)
@@ -105,6 +107,7 @@ def test_cifar10_shared_order_pixels_and_channel_means(shared_cifar: dict) -> No
     assert np.allclose(mean, [0.4914, 0.4822, 0.4465], atol=3e-4)
 
 
+@pytest.mark.needs_data("cifar10")
 def test_cifar10_warm_load_is_fast_equal_and_does_not_rehash(shared_cifar: dict) -> None:
     assert shared_cifar["train_warm_s"] < 10.0 and shared_cifar["test_warm_s"] < 10.0
     for split in ("train", "test"):
@@ -114,6 +117,7 @@ def test_cifar10_warm_load_is_fast_equal_and_does_not_rehash(shared_cifar: dict)
     assert shared_cifar["untouched"], "loading wrote into the data root"
 
 
+@pytest.mark.needs_data("cifar10")
 def test_cifar10_warm_tensors_are_writable_without_touching_the_cache(
     shared_cifar: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,6 +136,7 @@ def shared_ptb(tmp_path_factory: pytest.TempPathFactory) -> dict[str, data.PTB]:
         return {split: data.load_ptb(split, root=SHARED) for split in ("train", "valid", "test")}
 
 
+@pytest.mark.needs_data("ptb")
 @pytest.mark.parametrize(
     ("split", "n_tokens", "n_lines"),
     [("train", 929_589, 42_068), ("valid", 73_760, 3_370), ("test", 82_430, 3_761)],
@@ -147,6 +152,7 @@ def test_ptb_shared_counts_and_stream(shared_ptb: dict, split: str, n_tokens: in
     assert ds.vocab.decode(ds.tokens) == " ".join(stream)
 
 
+@pytest.mark.needs_data("ptb")
 def test_ptb_shared_vocabulary_order_and_roundtrip(shared_ptb: dict) -> None:
     train = shared_ptb["train"]
     vocab = train.vocab
@@ -390,7 +396,7 @@ def test_corrupted_download_raises_checksum_error_and_leaves_nothing(env: Env) -
     msg = str(err.value)
     assert "cifar-10-python.tar.gz" in msg and _md5(env.fake.archive) in msg and _md5(bytes(bad)) in msg
     assert "download=True" in msg and "SMOOTHGEN_DATA" in msg
-    assert _files(env.root) == []
+    assert _files(env.root) == [] and not any(env.root.rglob("*"))
     env.serve(ptb={**env.fake.ptb, "ptb.train.txt": b" the dog \n"})
     with pytest.raises(data.ChecksumError, match="ptb.train.txt"):
         data.load_ptb("valid", root=env.root, download=True)
@@ -418,7 +424,7 @@ def test_interrupted_download_leaves_nothing_half_written(env: Env, mode: str, l
     env.serve(mode)
     with pytest.raises(ConnectionError, match="nothing was written"):
         load("test", root=env.root, download=True)
-    assert _files(env.root) == []
+    assert _files(env.root) == [] and not any(env.root.rglob("*")), "no file and no empty folder left behind"
     env.serve("ok")
     assert len(load("test", root=env.root, download=True)) > 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smoothgen.data import Vocabulary, load_cifar10
+from smoothgen.data import Vocabulary, data_root, load_cifar10
 from smoothgen.models import (
     CheckpointError, ClassifierBase, DiffusionGenerator, LMGenerator, load_classifier, load_diffusion, load_lm,
     read_card,
@@ -27,7 +26,7 @@ from smoothgen.models.training import EpochSampler, lr_at, seeded_global_rng
 from smoothgen.presets import TRAIN_PRESETS, get_train_preset
 from smoothgen.runtime import make_generator
 
-DATA = os.environ.get("SMOOTHGEN_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = str(data_root())  # $SMOOTHGEN_DATA, else data/ in the repository (tests marked needs_data)
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
 SHIPPED_NAMES = ("diffusion_cifar10", "lm_ptb", "classifier_cifar10", "classifier_cifar10_sigma0.12",
                  "classifier_cifar10_sigma0.25", "classifier_cifar10_sigma0.50")
@@ -60,6 +59,7 @@ def shipped_lm() -> LMGenerator:
 # ----------------------------------------------------------------------------- smoke training + checkpoints
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 @pytest.mark.parametrize("name", ["classifier_cifar10", "lm_ptb", "diffusion_cifar10"])
 def test_smoke_training_writes_verified_checkpoint_and_card(smoke_dir: Path, name: str) -> None:
     card = read_card(name, smoke_dir)
@@ -71,6 +71,7 @@ def test_smoke_training_writes_verified_checkpoint_and_card(smoke_dir: Path, nam
     assert oct((smoke_dir / f"{name}.safetensors").stat().st_mode & 0o777) == "0o644"
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_smoke_cards_carry_the_model_specific_metrics(smoke_dir: Path) -> None:
     assert 0 <= read_card("classifier_cifar10", smoke_dir)["metrics"]["test_accuracy"] <= 1
     lm = read_card("lm_ptb", smoke_dir)["metrics"]
@@ -81,6 +82,7 @@ def test_smoke_cards_carry_the_model_specific_metrics(smoke_dir: Path) -> None:
     assert diff["default_guidance_scale"] in TRAIN_PRESETS["diffusion"]["smoke"]["sweep_scales"]
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_smoke_checkpoints_load_through_the_public_loaders(smoke_dir: Path) -> None:
     assert isinstance(load_classifier(root=smoke_dir), CifarResNet)
     assert isinstance(load_lm(root=smoke_dir), LMGenerator)
@@ -88,6 +90,7 @@ def test_smoke_checkpoints_load_through_the_public_loaders(smoke_dir: Path) -> N
     assert gen.guidance_scale == read_card("diffusion_cifar10", smoke_dir)["default_guidance_scale"]
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_corrupted_checkpoint_is_a_clear_error(smoke_dir: Path, tmp_path: Path) -> None:
     for suffix in (".json", ".safetensors"):
         shutil.copy(smoke_dir / f"classifier_cifar10{suffix}", tmp_path / f"classifier_cifar10{suffix}")
@@ -106,11 +109,13 @@ def test_missing_checkpoint_says_how_to_train(tmp_path: Path) -> None:
         load_diffusion(root=tmp_path)
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_checkpoints_root_follows_the_environment(smoke_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMOOTHGEN_CHECKPOINTS", str(smoke_dir))
     assert load_classifier().card["preset"] == "smoke"
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     """A run stopped after step 1 (time budget 0) and resumed equals an uninterrupted run exactly."""
     kwargs = dict(device="cpu", data_root=DATA, skip_eval=True)
@@ -124,6 +129,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> Non
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_command_line_eval_only_rewrites_metrics(smoke_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for suffix in (".json", ".safetensors"):
         shutil.copy(smoke_dir / f"classifier_cifar10{suffix}", tmp_path / f"classifier_cifar10{suffix}")
@@ -157,6 +163,7 @@ def smoke_diffusion(smoke_dir: Path) -> DiffusionGenerator:
     return load_diffusion(root=smoke_dir, steps=3, guidance_scale=2.5)
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_diffusion_protocol_shapes_range_and_seeds(smoke_diffusion: DiffusionGenerator) -> None:
     cond = smoke_diffusion.conditions()[[0, 3, 7]]
     a = smoke_diffusion(cond, make_generator(1, "cpu"))
@@ -166,6 +173,7 @@ def test_diffusion_protocol_shapes_range_and_seeds(smoke_diffusion: DiffusionGen
     assert not torch.allclose(a, smoke_diffusion(cond, make_generator(2, "cpu")))
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_diffusion_call_equals_differentiable_path_with_the_same_noise(smoke_diffusion: DiffusionGenerator) -> None:
     cond = smoke_diffusion.conditions()[:2]
     x_t = torch.randn((2, 3, 32, 32), generator=make_generator(5, "cpu"))
@@ -173,6 +181,7 @@ def test_diffusion_call_equals_differentiable_path_with_the_same_noise(smoke_dif
     assert torch.allclose(sampled, smoke_diffusion.sample_from_noise(cond, x_t), atol=1e-6)
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_batched_guidance_matches_the_formula_row_by_row(smoke_diffusion: DiffusionGenerator) -> None:
     """ε̂ = ε(∅) + w (ε(u) − ε(∅)) computed in one batched call equals two separate calls."""
     model, w = smoke_diffusion.model, smoke_diffusion.guidance_scale
@@ -183,12 +192,14 @@ def test_batched_guidance_matches_the_formula_row_by_row(smoke_diffusion: Diffus
         assert torch.allclose(smoke_diffusion._guided_output(x, t, cond), expected, atol=1e-5)
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_differentiable_path_has_gradients(smoke_diffusion: DiffusionGenerator) -> None:
     cond = smoke_diffusion.conditions()[:1].requires_grad_(True)
     smoke_diffusion.sample_from_noise(cond, torch.randn(1, 3, 32, 32)).sum().backward()
     assert cond.grad is not None and torch.isfinite(cond.grad).all() and cond.grad.abs().sum() > 0
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_diffusion_embedding_geometry_matches_a_direct_computation(smoke_diffusion: DiffusionGenerator) -> None:
     u = smoke_diffusion.conditions().double()
     geo = smoke_diffusion.embedding_geometry()
@@ -199,6 +210,7 @@ def test_diffusion_embedding_geometry_matches_a_direct_computation(smoke_diffusi
     assert math.isclose(geo["nearest_other_median"], sorted(nearest)[4] / 2 + sorted(nearest)[5] / 2, rel_tol=1e-9)
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_diffusion_rejects_bad_embeddings(smoke_diffusion: DiffusionGenerator) -> None:
     with pytest.raises(ValueError, match=r"\[B, 64\]"):
         smoke_diffusion(torch.zeros(2, 3), make_generator(0, "cpu"))
@@ -346,6 +358,7 @@ def test_epoch_sampler_visits_every_example_once_per_epoch() -> None:
     assert torch.equal(sampler.indices(1), EpochSampler(10, 3, 4, torch.device("cpu")).indices(1))
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_training_noise_schedule_is_the_sampler_schedule() -> None:
     """The loss's ᾱ_t must be the DDPM/DDIM schedulers' ``alphas_cumprod`` (else sampling is off)."""
     task = DiffusionTask(get_train_preset("diffusion", "smoke"), torch.device("cpu"), 0, DATA)
@@ -377,6 +390,7 @@ def test_shipped_models_meet_their_card_targets() -> None:
     assert read_card("diffusion_cifar10", SHIPPED)["metrics"]["class_consistency"] >= 0.5
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_shipped_evaluator_classifies_test_images() -> None:
     test = load_cifar10("test", root=DATA)
     model = load_classifier(root=SHIPPED)
@@ -386,6 +400,7 @@ def test_shipped_evaluator_classifies_test_images() -> None:
 # ----------------------------------------------------------------------------- plugged into the smoothing layer
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_adapters_plug_into_the_smoothing_layer(smoke_diffusion: DiffusionGenerator, shipped_lm: LMGenerator) -> None:
     from smoothgen.noise import GaussianNoise
     from smoothgen.smoothing import SmoothedClassifier, SmoothedGenerator, SmoothedGreedyDecoder
@@ -460,6 +475,7 @@ def _old_lm_loss(task: LMTask, step: int, generator: torch.Generator) -> torch.T
     return F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten())
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 @pytest.mark.parametrize("kind", ["diffusion", "lm"])
 def test_noise_off_is_bit_identical_to_the_old_training_path(kind: str) -> None:
     """cond_noise_rel = 0: same initial weights, same loss bits, same generator state afterwards."""
@@ -497,6 +513,7 @@ def test_condition_noise_draws_one_level_per_example() -> None:
     assert torch.allclose(seq.flatten(1).std(dim=1) / levels, torch.ones(8), atol=0.05)  # one level per sequence
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_noise_reaches_the_unet_on_non_null_conditions_only() -> None:
     params = get_train_preset("diffusion", "smoke", cond_noise_rel=0.5, batch_size=256, cond_dropout=0.25)
     task = DiffusionTask(params, _CPU, 0, DATA)
@@ -533,6 +550,7 @@ def test_noise_reaches_the_unet_on_non_null_conditions_only() -> None:
     assert not torch.equal(noisy_loss, clean_loss)
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_noise_reaches_the_lm_token_embeddings_not_the_positions() -> None:
     params = get_train_preset("lm", "smoke", cond_noise_rel=0.5, batch_size=64)
     task = LMTask(params, _CPU, 0, DATA)
@@ -555,6 +573,7 @@ def test_noise_reaches_the_lm_token_embeddings_not_the_positions() -> None:
     assert float(residual.pow(2).mean().sqrt()) == pytest.approx(task.sigma_max / math.sqrt(3), rel=0.2)
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_noise_fine_tune_loads_init_weights_and_keeps_the_table(noise_base: Path) -> None:
     for kind, name in (("diffusion", "diffusion_cifar10"), ("lm", "lm_ptb")):
         base, base_card = load_weights(name, noise_base)
@@ -568,6 +587,7 @@ def test_noise_fine_tune_loads_init_weights_and_keeps_the_table(noise_base: Path
         assert all(p is not table for group in task.optimizer.param_groups for p in group["params"])
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_noise_smoke_fine_tunes_write_cards_with_the_noise_fields(noise_base: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "noise"
@@ -607,6 +627,7 @@ def test_noise_smoke_fine_tunes_write_cards_with_the_noise_fields(noise_base: Pa
     assert json.loads(capsys.readouterr().out)["name"] == "lm_ptb_noise"
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_noise_fine_tune_without_freezing_trains_the_table(noise_base: Path, tmp_path: Path) -> None:
     _copy_checkpoint("diffusion_cifar10", noise_base, tmp_path)
     card = train("diffusion", "smoke", out=tmp_path, device="cpu", data_root=DATA, skip_eval=True,
@@ -617,6 +638,7 @@ def test_noise_fine_tune_without_freezing_trains_the_table(noise_base: Path, tmp
     assert not torch.equal(state["class_embedding.weight"], base["class_embedding.weight"])
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_noise_training_resumes_exactly(tmp_path: Path) -> None:
     kwargs = dict(device="cpu", data_root=DATA, skip_eval=True, overrides={"cond_noise_rel": 0.5})
     train("diffusion", "smoke", out=tmp_path / "straight", **kwargs)
@@ -632,6 +654,7 @@ def test_noise_training_resumes_exactly(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.needs_data("cifar10", "ptb")
 def test_noise_bad_values_are_clear_errors(noise_base: Path, tmp_path: Path) -> None:
     kwargs = dict(out=tmp_path, device="cpu", data_root=DATA, skip_eval=True)
     for bad in (-0.1, float("nan"), "0.5", True):

@@ -35,7 +35,8 @@ def _check_tables(directory: Path) -> dict[str, pd.DataFrame]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("notebook", [pytest.param(p, marks=pytest.mark.needs_data(*study.DATA_NEEDS[p.stem]))
+                                      for p in NOTEBOOKS], ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_on_smoke_preset(notebook: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _source_is_clean(notebook)
     before = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=notebook.parent).stdout

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -243,3 +245,32 @@ def test_study_params_parse_json_overrides_and_refuse_the_wrong_kind() -> None:
                        ({"n": True}, "kind bool")]:
         with pytest.raises(ValueError, match=re.escape(match) if "'" in match else match):
             study_params("03_cifar10", "smoke", bad)
+
+
+def test_papermill_parameters_other_than_preset_and_overrides_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """papermill only logs "Passed unknown parameter" and runs on; the notebooks pass their input history,
+    and a name injected there other than preset/overrides is refused with the override that means it.
+    A papermill run turns progress bars off; an interactive session (no injected cell) leaves them alone."""
+    from smoothgen.presets import injected_parameters, study_params
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert study_params("02_certificates", "smoke", None, history=["import x", "y = 1"])["preset"] == "smoke"
+    assert "TQDM_DISABLE" not in os.environ
+    injected = '# Parameters\npreset = "smoke"\noverrides = "{}"\n'
+    assert injected_parameters(["", injected]) == {"preset": '"smoke"', "overrides": '"{}"'}
+    assert study_params("02_certificates", "smoke", "{}", history=["", injected])["preset"] == "smoke"
+    assert os.environ["TQDM_DISABLE"] == "1"
+    for extra, hint in [("sigma = -1", '{"sigma": -1}'), ("name = 'a b'", '{"name": "a b"}')]:
+        with pytest.raises(ValueError, match=re.escape(f"not ['{extra.split()[0]}']; pass them as -p overrides '{hint}'")):
+            study_params("02_certificates", "smoke", None, history=[injected + extra + "\n"])
+
+
+@pytest.mark.timeout(300)
+def test_papermill_by_hand_fails_on_an_unknown_parameter(tmp_path: Path) -> None:
+    """``papermill NB out -p sigma -1`` exits non-zero with the one-line reason (not silently at the preset's value)."""
+    notebook = study.repo_root() / "notebooks" / "02_certificates.ipynb"
+    done = subprocess.run([sys.executable, "-m", "papermill", str(notebook), str(tmp_path / "out.ipynb"), "-p", "preset",
+                           "smoke", "-p", "sigma", "-1", "--cwd", str(tmp_path)], capture_output=True, text=True,
+                          env={**os.environ, "SMOOTHGEN_RESULTS": str(tmp_path)})
+    assert done.returncode != 0
+    assert "takes only -p preset" in done.stderr + done.stdout and '-p overrides \'{"sigma": -1}\'' in done.stderr + done.stdout

@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from smoothgen import certify, metrics
+from smoothgen import certify, distributed, metrics
 from smoothgen.data import load_cifar10
 from smoothgen.experiments.common import StudyResult, Stopwatch, finish
 from smoothgen.models.classifier import load_classifier
@@ -38,6 +37,8 @@ from smoothgen.runtime import resolve_device
 from smoothgen.smoothing import SmoothedGenerator, medoid, sample_base
 
 EXPERIMENT = "03_cifar10"
+SHARDED = True
+"""The classes of each σ are split across torchrun ranks (:mod:`smoothgen.distributed`)."""
 PIXELS = 3 * 32 * 32
 
 
@@ -109,23 +110,29 @@ def quality(images: torch.Tensor, labels: torch.Tensor, evaluator: torch.nn.Modu
             "is_name": inception.name, "class_consistency": metrics.class_consistency(images, labels, evaluator)}
 
 
+def run_class(diffusion: DiffusionGenerator, evaluator: torch.nn.Module, k: int, sigma: float,
+              params: dict[str, Any], radii: np.ndarray) -> tuple[dict, pd.DataFrame | None, torch.Tensor]:
+    """One class at one σ, from its own seed ``seed + 1000·k``: its row, certificate table and images."""
+    condition, seed = diffusion.conditions()[k], params["seed"] + 1000 * k
+    images = draw(diffusion, condition, sigma, params["n"], seed, params["batch_size"])
+    with torch.inference_mode():
+        consistent = (evaluator(images).argmax(1) == k).numpy()
+    row, certs = {"class": k, "class_consistency": float(consistent.mean())}, None
+    if sigma > 0:
+        pilot = draw(diffusion, condition, sigma, params["n_pilot"], seed + 1, params["batch_size"])
+        distances = rms_distance(images, medoid(pilot))  # y₀ independent of the certified samples
+        certs = certify_samples(images, distances, consistent, sigma, radii, params).assign(**{"class": k})
+        row.update(certified_radii(distances, sigma, params))
+    return row, certs, images
+
+
 def run_sigma(diffusion: DiffusionGenerator, evaluator: torch.nn.Module, sigma: float,
               params: dict[str, Any], radii: np.ndarray) -> tuple[list[dict], list[pd.DataFrame], torch.Tensor]:
-    """All classes at one σ: per-class rows, certificate tables, and the pooled images."""
-    per_class, certs, pooled = [], [], []
-    for k in tqdm(params["classes"], desc=f"σ={sigma:.3g}", leave=False):
-        condition, seed = diffusion.conditions()[k], params["seed"] + 1000 * k
-        images = draw(diffusion, condition, sigma, params["n"], seed, params["batch_size"])
-        with torch.inference_mode():
-            consistent = (evaluator(images).argmax(1) == k).numpy()
-        pooled.append(images)
-        per_class.append({"class": k, "class_consistency": float(consistent.mean())})
-        if sigma > 0:
-            pilot = draw(diffusion, condition, sigma, params["n_pilot"], seed + 1, params["batch_size"])
-            distances = rms_distance(images, medoid(pilot))  # y₀ independent of the certified samples
-            certs.append(certify_samples(images, distances, consistent, sigma, radii, params).assign(**{"class": k}))
-            per_class[-1].update(certified_radii(distances, sigma, params))
-    return per_class, certs, torch.cat(pooled)
+    """All classes at one σ (split across torchrun ranks, :mod:`smoothgen.distributed`): per-class rows,
+    certificate tables, and the pooled images."""
+    done = distributed.map_items(lambda _, k: run_class(diffusion, evaluator, k, sigma, params, radii),
+                                 params["classes"], desc=f"σ={sigma:.3g}")
+    return [row for row, _, _ in done], [c for _, c, _ in done if c is not None], torch.cat([im for _, _, im in done])
 
 
 def run_focus(diffusion: DiffusionGenerator, evaluator: torch.nn.Module, unit: float, params: dict[str, Any],

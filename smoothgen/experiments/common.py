@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 
 from smoothgen import attacks as A
-from smoothgen.results import results_dir, run_meta, write_json, write_table
+from smoothgen import distributed
+from smoothgen.results import results_dir, results_root, run_meta, write_json, write_table
 
 
 @dataclass
@@ -43,17 +44,19 @@ def finish(experiment: str, params: dict[str, Any], tables: dict[str, pd.DataFra
     """Write ``tables`` as ``<results>/<experiment>/<preset>/<name>.csv`` plus ``meta.json``.
 
     Every table gets the columns ``preset`` and ``seed`` so that a CSV read alone says where it
-    came from; ``meta.json`` holds the full parameters.
+    came from; ``meta.json`` holds the full parameters and the world size. In a sharded run
+    (:mod:`smoothgen.distributed`) only rank 0 writes; the other ranks return the same tables unwritten.
     """
-    preset = params["preset"]
-    out = results_dir(experiment, preset)
-    for name, table in tables.items():
-        table = table.assign(preset=preset, seed=seed)
-        tables[name] = table
-        write_table(out / f"{name}.csv", table)
-    meta = run_meta(params, preset=preset, seed=seed, data_variant=data_variant,
-                    wall_time_s=clock.elapsed, experiment=experiment, tables=sorted(tables), **extra)
-    write_json(out / "meta.json", meta)
+    preset, (_, ranks) = params["preset"], distributed.world()
+    tables = {name: table.assign(preset=preset, seed=seed) for name, table in tables.items()}
+    meta = run_meta(params, preset=preset, seed=seed, data_variant=data_variant, wall_time_s=clock.elapsed,
+                    experiment=experiment, tables=sorted(tables), world_size=ranks, **extra)
+    out = results_root() / experiment / preset
+    if distributed.is_writer():
+        out = results_dir(experiment, preset)
+        for name, table in tables.items():
+            write_table(out / f"{name}.csv", table)
+        write_json(out / "meta.json", meta)
     return StudyResult(tables=tables, meta=meta, directory=out)
 
 

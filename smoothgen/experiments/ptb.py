@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from smoothgen import certify, metrics
+from smoothgen import certify, distributed, metrics
 from smoothgen.data import load_ptb
 from smoothgen.experiments.common import StudyResult, Stopwatch, finish
 from smoothgen.models.lm import LMGenerator, load_lm
@@ -35,6 +34,8 @@ from smoothgen.runtime import make_generator, resolve_device
 from smoothgen.smoothing import SmoothedGenerator, SmoothedGreedyDecoder, medoid_index
 
 EXPERIMENT = "04_ptb"
+SHARDED = True
+"""The prompts of each σ are split across torchrun ranks (:mod:`smoothgen.distributed`)."""
 
 
 def prompts(tokens: torch.Tensor, eos_id: int, k: int, steps: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -92,26 +93,31 @@ def _edit_metric(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return metrics.pairwise_normalized_edit_distance(a.long(), b.long()).to(a.dtype)
 
 
+def run_prompt(lm: LMGenerator, sampler: LMGenerator, i: int, pair: tuple[torch.Tensor, torch.Tensor], base: str,
+               sigma: float, radii: np.ndarray, params: dict[str, Any]) -> tuple[dict, list[dict]]:
+    """One prompt at one σ, all its randomness from its own seed ``seed + 1000·i``: its row and W₁ rows."""
+    (prompt, reference), seed = pair, params["seed"] + 1000 * i
+    nll = reference_nll(lm, prompt, reference, sigma, params["nll_draws"], make_generator(seed + 2, lm.device))
+    row = {"prompt_id": i, "prompt": lm.vocab.decode(prompt.tolist()), "reference": lm.vocab.decode(reference.tolist()),
+           "base": base, "reference_nll": nll}
+    if sigma == 0:
+        return {**row, "smoothed": base, "sequence_radius": math.nan}, []
+    decoding = smoothed_greedy(lm, prompt, sigma, params, seed)
+    cert = decoding.certificate
+    row.update(smoothed=lm.vocab.decode(decoding.tokens.tolist()), sequence_radius=cert.radius,
+               first_step_radius=float(cert.step_radii[0]), abstained_steps=int(cert.abstained.sum()))
+    return row, [{"prompt_id": i, **r} for r in w1_rows(sampler, prompt, sigma, radii, params, seed)]
+
+
 def run_sigma(lm: LMGenerator, sampler: LMGenerator, pairs: list, sigma: float, radii: np.ndarray,
               params: dict[str, Any]) -> tuple[list[dict], list[dict]]:
-    """One σ over all prompts: per-prompt rows and W₁ rows."""
-    rows, w1 = [], []
-    generator = make_generator(params["seed"], lm.device)
-    base = lm(torch.stack([lm.prompt_embeddings(p) for p, _ in pairs]), generator).cpu()
-    for i, (prompt, reference) in enumerate(tqdm(pairs, desc=f"σ={sigma:.3g}", leave=False)):
-        seed = params["seed"] + 1000 * i
-        row = {"prompt_id": i, "prompt": lm.vocab.decode(prompt.tolist()), "reference": lm.vocab.decode(reference.tolist()),
-               "base": lm.vocab.decode(base[i].tolist()),
-               "reference_nll": reference_nll(lm, prompt, reference, sigma, params["nll_draws"], generator)}
-        if sigma == 0:
-            rows.append({**row, "smoothed": row["base"], "sequence_radius": math.nan})
-            continue
-        decoding = smoothed_greedy(lm, prompt, sigma, params, seed)
-        cert = decoding.certificate
-        rows.append({**row, "smoothed": lm.vocab.decode(decoding.tokens.tolist()), "sequence_radius": cert.radius,
-                     "first_step_radius": float(cert.step_radii[0]), "abstained_steps": int(cert.abstained.sum())})
-        w1 += [{"prompt_id": i, **r} for r in w1_rows(sampler, prompt, sigma, radii, params, seed)]
-    return rows, w1
+    """One σ over all prompts (split across torchrun ranks, :mod:`smoothgen.distributed`): per-prompt rows
+    and W₁ rows."""
+    base = lm(torch.stack([lm.prompt_embeddings(p) for p, _ in pairs]), make_generator(params["seed"], lm.device)).cpu()
+    done = distributed.map_items(
+        lambda i, pair: run_prompt(lm, sampler, i, pair, lm.vocab.decode(base[i].tolist()), sigma, radii, params),
+        pairs, desc=f"σ={sigma:.3g}")
+    return [row for row, _ in done], [w for _, rows in done for w in rows]
 
 
 def text_scores(table: pd.DataFrame) -> dict[str, float]:
