@@ -336,6 +336,28 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+GPU_COST = """\
+What the ``gpu`` presets cost, in base-model evaluations (the device time is this count divided by
+the throughput that notebook 07 measures on the device; ``smoothgen study --nproc K`` divides the
+wall time of 03 and 04 by about K):
+
+- 03: per class, ``n`` images at σ = 0 and ``n + n_pilot`` at each of the six σ > 0, plus
+  ``focus_n + n_pilot`` for the focus class: 10 × (10,000 + 6 × 10,500) + 30,500 = 760,500 images ×
+  50 DDIM steps ≈ 3.8·10⁷ UNet rows (twice that with classifier-free guidance). FID pools
+  ``10 × n`` = 100,000 samples per σ against the 10,000 test images; certificates use 10⁴ samples
+  per class (the data-dependent W₁ certificate's DKW margin is then √(log(2/α)/2n) ≈ 0.020).
+- 04: per prompt and σ > 0, the certified greedy decoder's ``steps × (n0 + n)`` = 10 × 100,100
+  next-token rows, ``n_pilot + n_samples`` = 10,500 sampled continuations of 10 tokens and 256 NLL
+  rows: ≈ 1.1·10⁶ LM forward rows, × 5 σ × 500 prompts ≈ 2.8·10⁹ rows.
+- 01: 500 images × 3 σ × (n0 + n) = 1.5·10⁸ classifier rows.
+- 08: 5 methods × 10 σ × 10 classes × ``n_quality`` = 500,000 images × 20 steps = 10⁷ UNet rows for
+  its quality grid (plus the breakdown attacks and the PTB side, not counted here).
+- 05 and 06: not estimated here.
+
+None of the gpu presets has been run yet: no device was available to this project's sessions.
+"""
+
+
 NOTEBOOK_PARAMETERS = ("preset", "overrides")
 """The parameters of every study notebook's ``parameters`` cell (the rest travels in ``overrides``)."""
 
