@@ -96,6 +96,22 @@ def git_commit(root: str | Path | None = None) -> str:
     return out.stdout.strip()
 
 
+GENERATED = ("data/results", "book/notebooks", "data/checkpoints")
+"""What the study and the training write themselves (ignored by :func:`git_dirty`)."""
+
+
+def git_dirty(root: str | Path | None = None) -> bool | None:
+    """Whether tracked files differ from the commit :func:`git_commit` names, outside :data:`GENERATED`
+    (``None`` outside a checkout): a result made from uncommitted code says so."""
+    excluded = [f":(exclude){path}" for path in GENERATED]
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded],
+                             cwd=root or repo_root(), capture_output=True, text=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip())
+
+
 def package_versions() -> dict[str, str]:
     """Versions of the packages that shape SmoothGen's numbers."""
     versions = {}
@@ -112,7 +128,7 @@ def run_meta(params: dict[str, Any], *, preset: str, seed: int, data_variant: st
     """The provenance record that goes next to every results table."""
     return {
         "params": params, "preset": preset, "seed": seed, "data_variant": data_variant,
-        "wall_time_s": round(float(wall_time_s), 3), "git_commit": git_commit(),
+        "wall_time_s": round(float(wall_time_s), 3), "git_commit": git_commit(), "git_dirty": git_dirty(),
         "versions": package_versions(), "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,

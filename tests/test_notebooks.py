@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -150,3 +151,21 @@ def _check_meaningful(tables: dict[str, pd.DataFrame]) -> None:
 
 CHECKS = {"08_meaningful_radii": _check_meaningful, "05_adaptive_noise": _check_adaptive_noise, "06_attacks": _check_attacks, "01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,
           "03_cifar10": _check_cifar10, "04_ptb": _check_ptb, "07_overhead": _check_overhead}
+
+
+PUBLISHED = sorted((study.repo_root() / "book" / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", PUBLISHED, ids=[p.stem for p in PUBLISHED])
+def test_published_notebooks_hold_no_stderr_and_no_machine_paths(path: Path) -> None:
+    """The executed notebooks in the book carry no stderr output (warnings, progress bars) and no absolute
+    path of the machine that ran them (papermill metadata, warnings, banners)."""
+    nb = nbformat.read(path, as_version=4)
+    stderr = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+              for out in cell.outputs if out.get("output_type") == "stream" and out.get("name") == "stderr"]
+    assert not stderr, f"stderr outputs in cells {stderr}"
+    papermill = nb.metadata.get("papermill", {})
+    assert not any(Path(str(papermill.get(key, ""))).is_absolute() for key in ("input_path", "output_path"))
+    text = path.read_text()
+    machine = re.findall(r"(?:/home/|/Users/|/root/|/tmp/|" + re.escape(str(study.repo_root())) + r")[^\s\"']*", text)
+    assert not machine, f"machine paths: {sorted(set(machine))[:5]}"

@@ -274,3 +274,25 @@ def test_papermill_by_hand_fails_on_an_unknown_parameter(tmp_path: Path) -> None
                           env={**os.environ, "SMOOTHGEN_RESULTS": str(tmp_path)})
     assert done.returncode != 0
     assert "takes only -p preset" in done.stderr + done.stdout and '-p overrides \'{"sigma": -1}\'' in done.stderr + done.stdout
+
+
+def test_git_dirty_sees_code_changes_but_not_the_study_outputs(tmp_path: Path) -> None:
+    """meta.json and model cards say whether the code behind them was committed; results written by the run
+    itself (data/results, book/notebooks, data/checkpoints) do not count as changes."""
+    from smoothgen.results import git_dirty
+
+    assert git_dirty(tmp_path) is None  # not a checkout
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    for name in ("code.py", "data/results/t.csv", "book/notebooks/n.ipynb", "data/checkpoints/c.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("0")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    assert git_dirty(tmp_path) is False
+    for name in ("data/results/t.csv", "book/notebooks/n.ipynb", "data/checkpoints/c.json"):
+        (tmp_path / name).write_text("1")
+    (tmp_path / "untracked.py").write_text("x")
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "code.py").write_text("1")
+    assert git_dirty(tmp_path) is True

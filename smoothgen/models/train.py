@@ -115,7 +115,7 @@ from smoothgen.models.evaluation import evaluate_checkpoint
 from smoothgen.models.lm import LMConfig, LMGenerator, build_lm, stream_perplexity, vocab_path, windows
 from smoothgen.models.training import EMA, EpochSampler, Task, fit, seeded_global_rng
 from smoothgen.presets import get_train_preset
-from smoothgen.results import atomic_write_text, package_versions
+from smoothgen.results import atomic_write_text, git_dirty, package_versions
 from smoothgen.runtime import make_generator, resolve_device
 
 __all__ = ["check_noise_params", "condition_noise", "main", "output_name", "train"]
@@ -546,7 +546,7 @@ def _write_checkpoint(task: Task, kind: str, out: Path, preset: str, overrides: 
         **fields, "config": {"architecture": arch, "training": task.params, "preset": preset, "overrides": overrides},
         "preset": preset, "steps": result.steps, "steps_planned": task.params["steps"],
         "stopped_by_time_budget": result.stopped_by_budget, "wall_time_s": round(result.wall_time_s, 1),
-        "hardware": hardware_description(device), "seed": seed, "git_commit": repo_commit(),
+        "hardware": hardware_description(device), "seed": seed, "git_commit": repo_commit(), "git_dirty": git_dirty(),
         "parameters": sum(p.numel() for p in task.model.parameters()), "metrics": {},
         "versions": package_versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
