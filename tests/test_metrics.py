@@ -129,34 +129,31 @@ def test_inception_path_unavailable_is_a_clear_error(images, conv, monkeypatch, 
         M.frechet_distance(images, images, conv, "inception-v3")
 
 
-class _RecordingFID:
-    """Stands in for torchmetrics' Inception FID (no weights here) to check SmoothGen's glue."""
+class _RecordingInception(nn.Module):
+    """Stands in for torch-fidelity's Inception network (no weights here) to check SmoothGen's glue."""
 
-    def __init__(self, **kwargs: object) -> None:
-        self.kwargs, self.batches = kwargs, []
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))  # gives the network a device
+        self.batches: list[torch.Tensor] = []
 
-    def update(self, imgs: torch.Tensor, real: bool) -> None:
-        self.batches.append((imgs, real))
-
-    def compute(self) -> torch.Tensor:
-        return torch.tensor(1.5)
+    def forward(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.batches.append(imgs)
+        pool = imgs.flatten(1).double()
+        return pool, pool[:, :2]
 
 
 def test_inception_path_feeds_rounded_uint8_and_names_plain_fid(monkeypatch, tmp_path):
-    recorder: list[_RecordingFID] = []
+    net, asked = _RecordingInception(), []
     monkeypatch.setattr(M, "inception_available", lambda weights_path=None: True)
-    def make_fid(**kw: object) -> _RecordingFID:
-        recorder.append(_RecordingFID(**kw))
-        return recorder[-1]
-
-    monkeypatch.setattr(M, "FrechetInceptionDistance", make_fid)
+    monkeypatch.setattr(M, "load_inception", lambda weights_path=None, **kw: asked.append(weights_path) or net)
     real = torch.full((4, 3, 2, 2), 0.999)
     result = M.frechet_distance(real, torch.zeros(3, 3, 2, 2), "inception", inception_weights=tmp_path / "w.pth")
-    assert (result.name, result.feature, result.value) == ("FID", "inception-v3", 1.5)
-    fid = recorder[0]
-    assert fid.kwargs["feature"] == 2048 and fid.kwargs["feature_extractor_weights_path"] == str(tmp_path / "w.pth")
-    (first, is_real), (second, is_fake) = fid.batches
-    assert is_real and not is_fake and first.dtype == torch.uint8 and int(first.max()) == 255  # rounded, not truncated
+    assert (result.name, result.feature, result.num_samples) == ("FID", "inception-v3", (4, 3))
+    assert asked == [tmp_path / "w.pth"]
+    first, second = net.batches
+    assert first.dtype == torch.uint8 and int(first.max()) == 255 and int(second.max()) == 0  # rounded, not truncated
+    assert result.value == pytest.approx(12 * 255**2)  # both covariances 0: FID = |mu_r - mu_f|^2 over 12 features
 
 
 # ----------------------------------------------------------------------------- IS and class consistency
@@ -393,3 +390,25 @@ def _imgs(n: int, size: int = 8) -> torch.Tensor:
 def test_bad_inputs_raise_clear_value_errors(call, match, conv):
     with pytest.raises(ValueError, match=match):
         call(conv)
+
+
+def test_semantic_similarity_ranks_a_paraphrase_above_an_unrelated_sentence() -> None:
+    from smoothgen.metrics import SentenceEncoder, semantic_similarity
+
+    encoder = SentenceEncoder()
+    emb = encoder(["the cat sat on the mat", "stocks fell sharply"])
+    assert emb.shape == (2, 384) and np.allclose(np.linalg.norm(emb, axis=1), 1)
+    sims = semantic_similarity(["the cat sat on the mat"] * 3,
+                               ["the cat sat on the mat", "a cat was sitting on a mat", "stocks fell sharply"], encoder)
+    assert sims[0] == pytest.approx(1.0, abs=1e-6) and sims[0] > sims[1] > sims[2]
+    with pytest.raises(ValueError, match="as many predictions"):
+        semantic_similarity(["a"], ["a", "b"], encoder)
+
+
+def test_distinct_n_counts_repeated_n_grams() -> None:
+    from smoothgen.metrics import distinct_n
+
+    assert distinct_n(["a b a b", "a b c"], 2) == pytest.approx(3 / 5)
+    assert distinct_n(["a b c", "d e f"], 1) == 1.0 and np.isnan(distinct_n(["a"], 2))
+    with pytest.raises(ValueError, match="n must be"):
+        distinct_n(["a"], 0)

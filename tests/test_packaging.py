@@ -33,6 +33,8 @@ def _environment() -> dict[str, str]:
         if isinstance(item, str) and not item.startswith(("python", "pip")):
             name, spec = _split(item)
             deps[CONDA_NAMES.get(name, name)] = spec
+        elif isinstance(item, dict):  # packages that only PyPI has, in the pip section
+            deps.update(_split(r) for r in item["pip"] if not r.startswith("-"))
     return deps
 
 
