@@ -141,12 +141,14 @@ _TOYS = [{"name": "spread", "a_norm": 2.0, "s": 0.0}, {"name": "concentrated", "
 _RADII = [round(0.05 * k, 2) for k in range(31)]
 
 _CIFAR_BASE = {"seed": 0, "device": None, "steps": 20, "guidance_scale": None, "classes": list(range(10)),
+               "bootstrap": 200,
                "alpha": 0.001, "center_delta": 0.3, "epsilon": 0.05, "focus_class": 3, "focus_sigma_rel": 0.01,
                "radii_rel": [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]}
 # σ relative to the mean embedding norm. The noise's own norm is σ·√E (E = 128 for the class
 # embeddings, 5·256 for a 5-token prompt): σ_rel = 0.01 already moves a class embedding by ~11 % of
 # its length, and class-consistency collapses near σ_rel = 0.05, hence grids that start at 0.005.
 _PTB_BASE = {"seed": 0, "device": None, "prompt_len": 5, "steps": 10, "alpha": 0.001, "temperature": 1.0,
+             "bootstrap": 200,
              "top_k": 50, "radii_rel": [0.002, 0.005, 0.01, 0.02, 0.05, 0.1]}
 
 _OVERHEAD_SEQUENTIAL = {"alpha": 0.001, "n0": 100, "cert_sigma": 0.25, "decision_r_over_sigma": 1.0, "tol": 0.05}
@@ -210,7 +212,7 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "alpha": 0.001, "batch_size": 2000, "radii": _RADII, "device": None},
     },
     "03_cifar10": {
-        "smoke": {**_CIFAR_BASE, "steps": 2, "classes": [0, 1], "sigma_rel": [0.0, 0.2], "n": 12, "n_pilot": 4,
+        "smoke": {**_CIFAR_BASE, "steps": 2, "classes": [0, 1], "sigma_rel": [0.0, 0.2], "n": 12, "n_pilot": 4, "bootstrap": 5,
                   "focus_n": 24, "batch_size": 12, "n_real": 64, "grid_samples": 4, "radii_rel": [0.1, 0.5]},
         "cpu": {**_CIFAR_BASE, "steps": 10, "sigma_rel": [0.0, 0.005, 0.01, 0.02, 0.05], "n": 80, "n_pilot": 16,
                 "focus_n": 1500, "batch_size": 80, "n_real": 2000, "grid_samples": 8},
@@ -219,7 +221,7 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "n_pilot": 500, "batch_size": 1000, "n_real": 10_000, "grid_samples": 8, "center_delta": 0.05},
     },
     "04_ptb": {
-        "smoke": {**_PTB_BASE, "steps": 4, "sigma_rel": [0.0, 0.25], "n_prompts": 2, "n0": 4, "n": 16,
+        "smoke": {**_PTB_BASE, "steps": 4, "sigma_rel": [0.0, 0.25], "n_prompts": 2, "n0": 4, "n": 16, "bootstrap": 5,
                   "n_samples": 16, "n_pilot": 4, "nll_draws": 4, "batch_size": 32, "radii_rel": [0.1, 0.5]},
         "cpu": {**_PTB_BASE, "sigma_rel": [0.0, 0.01, 0.02, 0.05], "n_prompts": 40, "n0": 20,
                 "n": 300, "n_samples": 200, "n_pilot": 20, "nll_draws": 16, "batch_size": 320},

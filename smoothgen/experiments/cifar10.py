@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from smoothgen import certify, distributed, metrics
+from smoothgen import certify, distributed, intervals, metrics
 from smoothgen.data import load_cifar10
 from smoothgen.experiments.common import StudyResult, Stopwatch, finish
 from smoothgen.models.classifier import load_classifier
@@ -101,13 +101,22 @@ def certified_radii(distances: np.ndarray, sigma: float, params: dict[str, Any])
             "radius_w1_diameter": float(certify.certified_radius(eps, sigma, 1.0))}
 
 
-def quality(images: torch.Tensor, labels: torch.Tensor, evaluator: torch.nn.Module,
-            real: torch.Tensor) -> dict[str, float]:
-    """FID / IS in the evaluator's feature space and class-consistency of one pooled sample set."""
-    fid = metrics.frechet_distance(real, images, evaluator.features, "evaluator-penultimate")
-    inception = metrics.inception_score(images, evaluator, "evaluator", splits=5)
-    return {"fid_evaluator": fid.value, "fid_name": fid.name, "is_evaluator": inception.value,
-            "is_name": inception.name, "class_consistency": metrics.class_consistency(images, labels, evaluator)}
+def quality(images: torch.Tensor, labels: torch.Tensor, evaluator: torch.nn.Module, fd: intervals.Frechet,
+            base: np.ndarray | None, params: dict[str, Any]) -> tuple[dict[str, float], np.ndarray]:
+    """FID / IS in the evaluator's feature space and class-consistency of one pooled sample set, each with
+    its 95 % interval (:mod:`smoothgen.intervals`; FID also as a ratio to the base model's, given its
+    features ``base``); returns the row and the features."""
+    with torch.inference_mode():
+        feats = torch.cat([evaluator.features(chunk) for chunk in images.split(500)]).double().numpy()
+        logits = torch.cat([evaluator(chunk) for chunk in images.split(500)]).double()
+    hits = int((logits.argmax(1) == labels).sum())
+    draws, seed = params["bootstrap"], params["seed"]
+    row = {**intervals.fid(fd, feats, base, draws, seed, "fid_evaluator"),
+           "fid_name": f"FID[{metrics.EVALUATOR_FEATURE_NAME}]", "feature_space": "evaluator", "n_generated": len(feats),
+           "n_real": fd.rows,
+           **intervals.inception_score(logits.softmax(1).numpy(), draws, seed, "is_evaluator"),
+           "is_name": "IS[evaluator]", **intervals.proportion(hits, len(labels), "class_consistency")}
+    return row, feats
 
 
 def run_class(diffusion: DiffusionGenerator, evaluator: torch.nn.Module, k: int, sigma: float,
@@ -159,16 +168,20 @@ def run(params: dict[str, Any]) -> StudyResult:
     diffusion = load_diffusion(device=device, steps=params["steps"], guidance_scale=params["guidance_scale"])
     evaluator = load_classifier(None)
     test = load_cifar10("test")
-    real = test.images[: params["n_real"]]
+    real = test.images[: params["n_real"]].float() / 255.0
     geometry = diffusion.embedding_geometry()
     half_gap = geometry["nearest_other_min"] / 2
     radii = np.asarray(params["radii_rel"]) * half_gap
-    quality_rows, class_rows, cert_tables, grids = [], [], [], {}
+    with torch.inference_mode():
+        fd = intervals.Frechet(torch.cat([evaluator.features(chunk) for chunk in real.split(500)]).double().numpy())
+    quality_rows, class_rows, cert_tables, grids, base = [], [], [], {}, None
     for rel in params["sigma_rel"]:
         sigma = rel * geometry["mean_norm"]
         per_class, certs, pooled = run_sigma(diffusion, evaluator, sigma, params, radii)
         labels = torch.as_tensor(params["classes"]).repeat_interleave(params["n"])
-        quality_rows.append({"sigma_rel": rel, "sigma": sigma, **quality(pooled, labels, evaluator, real)})
+        row, feats = quality(pooled, labels, evaluator, fd, base, params)
+        base = feats if rel == 0 else base
+        quality_rows.append({"sigma_rel": rel, "sigma": sigma, **row})
         class_rows += [{"sigma_rel": rel, "sigma": sigma, **row} for row in per_class]
         cert_tables += [t.assign(sigma_rel=rel, sigma=sigma) for t in certs]
         grids[rel] = pooled.view(len(params["classes"]), params["n"], 3, 32, 32)[:, : params["grid_samples"]]

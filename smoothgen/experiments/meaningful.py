@@ -41,11 +41,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import linalg, special
+from scipy import special
 from tqdm.auto import tqdm
 
 from smoothgen import attacks as A
-from smoothgen import certify, metrics
+from smoothgen import certify, intervals, metrics
 from smoothgen.data import load_cifar10, load_ptb
 from smoothgen.experiments.attacks import ptb_breakdown
 from smoothgen.experiments.common import StudyResult, Stopwatch, finish
@@ -98,46 +98,6 @@ def cohen_radius(count: int, n: int, sigma: float, alpha: float) -> tuple[float,
     """``(p̲, σΦ⁻¹(p̲))`` with ``p̲`` one-sided Clopper–Pearson; radius 0 when ``p̲ ≤ 1/2``."""
     p_lower = float(certify.clopper_pearson_lower(count, n, alpha))
     return p_lower, sigma * float(special.ndtri(p_lower)) if p_lower > 0.5 else 0.0
-
-
-# ----------------------------------------------------------------------------- quality with intervals
-
-
-class Frechet:
-    """Fréchet distance to one fixed real feature set: ``‖μ_r − μ_g‖² + tr Σ_r + tr Σ_g − 2 tr (Σ_r^½ Σ_g Σ_r^½)^½``
-    (unbiased covariances; the square root of ``Σ_r`` is computed once)."""
-
-    def __init__(self, real: np.ndarray) -> None:
-        self.mean, cov = real.mean(0), np.cov(real, rowvar=False)
-        w, v = linalg.eigh(cov)
-        self.root, self.trace = (v * np.sqrt(np.clip(w, 0, None))) @ v.T, float(np.trace(cov))
-
-    def __call__(self, fake: np.ndarray) -> float:
-        mu, cov = self.mean - fake.mean(0), np.cov(fake, rowvar=False)
-        eig = linalg.eigvalsh(self.root @ cov @ self.root)
-        return float(mu @ mu + self.trace + np.trace(cov) - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
-
-
-def fid_interval(fd: Frechet, fake: np.ndarray, base: np.ndarray, draws: int, seed: int) -> dict[str, float]:
-    """FID of ``fake`` and its ratio to ``base``'s (same real set), with 95 % percentile bootstrap intervals
-    (``fake`` and ``base`` resampled independently, the real set fixed)."""
-    rng = np.random.default_rng(seed)
-    fid, ratio = [], []
-    for _ in range(draws):
-        f = fd(fake[rng.integers(0, len(fake), len(fake))])
-        fid.append(f)
-        ratio.append(f / fd(base[rng.integers(0, len(base), len(base))]))
-    point = fd(fake)
-    return {"fid": point, "fid_low": float(np.percentile(fid, 2.5)), "fid_high": float(np.percentile(fid, 97.5)),
-            "fid_ratio": point / fd(base), "fid_ratio_low": float(np.percentile(ratio, 2.5)),
-            "fid_ratio_high": float(np.percentile(ratio, 97.5))}
-
-
-def proportion_interval(hits: int, n: int, name: str) -> dict[str, float]:
-    """Point estimate and exact 95 % Clopper–Pearson interval of a proportion."""
-    low = float(certify.clopper_pearson_lower(hits, n, 0.025))
-    high = 1.0 - float(certify.clopper_pearson_lower(n - hits, n, 0.025))
-    return {name: hits / n, f"{name}_low": low, f"{name}_high": high}
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -193,7 +153,7 @@ def _features(evaluator: torch.nn.Module, images: torch.Tensor, batch: int = 500
     return feats.double().numpy(), labels.numpy()
 
 
-def cifar_config(models: Models, evaluator: torch.nn.Module, method: str, sigma: float, fd: Frechet,
+def cifar_config(models: Models, evaluator: torch.nn.Module, method: str, sigma: float, fd: intervals.Frechet,
                  base: np.ndarray | None, params: dict[str, Any]) -> tuple[dict, list[dict], np.ndarray, torch.Tensor]:
     """Quality (with intervals) and per-class verdict certificates of one (method, σ)."""
     start = time.perf_counter()
@@ -208,9 +168,9 @@ def cifar_config(models: Models, evaluator: torch.nn.Module, method: str, sigma:
         per_class.append({"class": k, "verdict_count": count, "verdict_p_lower": p_lower, "verdict_radius": radius,
                           "generator_passes": labels.shape[1], "seconds": seconds})
     hits = int(sum(r["verdict_count"] for r in per_class))
-    row = {"method": method, "sigma": sigma, "n_images": len(feats),
-           **proportion_interval(hits, labels.size, "class_consistency"),
-           **fid_interval(fd, feats, feats if base is None else base, params["bootstrap"], params["seed"])}
+    row = {"method": method, "sigma": sigma, "n_images": len(feats), "feature_space": "evaluator",
+           **intervals.proportion(hits, labels.size, "class_consistency"),
+           **intervals.fid(fd, feats, feats if base is None else base, params["bootstrap"], params["seed"])}
     return row, per_class, feats, images[:, : params["grid_samples"]]
 
 
@@ -257,7 +217,7 @@ def cifar_block(models: Models, evaluator: torch.nn.Module, params: dict[str, An
     gaps = class_gaps(models.codebook)
     unit = float(gaps["half_gap"].min())
     test = load_cifar10("test")
-    fd = Frechet(_features(evaluator, test.images[: params["n_real"]].float() / 255.0)[0])
+    fd = intervals.Frechet(_features(evaluator, test.images[: params["n_real"]].float() / 255.0)[0])
     base_row, base_cls, base_feats, base_grid = cifar_config(models, evaluator, "base", 0.0, fd, None, params)
     quality, per_class, grids = [{**base_row, "sigma_rel": 0.0}], [], {("base", 0.0): base_grid}
     for method, grid_rel in params["cifar_grid"].items():

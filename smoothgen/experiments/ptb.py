@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from smoothgen import certify, distributed, metrics
+from smoothgen import certify, distributed, intervals, metrics
 from smoothgen.data import load_ptb
 from smoothgen.experiments.common import StudyResult, Stopwatch, finish
 from smoothgen.models.lm import LMGenerator, load_lm
@@ -120,16 +120,28 @@ def run_sigma(lm: LMGenerator, sampler: LMGenerator, pairs: list, sigma: float, 
     return [row for row, _ in done], [w for _, rows in done for w in rows]
 
 
+def add_semantic(table: pd.DataFrame, encoder: metrics.SentenceEncoder) -> pd.DataFrame:
+    """Per prompt, the sentence-embedding cosine similarity of the smoothed output with the reference and
+    with the base output (:func:`smoothgen.metrics.semantic_similarity`)."""
+    smoothed = table["smoothed"].tolist()
+    return table.assign(**{f"semantic_vs_{target}": metrics.semantic_similarity(smoothed, table[target].tolist(), encoder)
+                           for target in ("reference", "base")})
+
+
 def text_scores(table: pd.DataFrame) -> dict[str, float]:
-    """Corpus BLEU-4 and BLEU-2 and mean ROUGE of the smoothed outputs against the references
-    (quality) and against the clean base outputs (stability)."""
+    """Corpus BLEU-4 and BLEU-2, mean ROUGE and mean semantic similarity of the smoothed outputs against
+    the references (quality) and against the clean base outputs (stability), distinct-1/2 of the outputs
+    (diversity), and the perplexity of the references. :func:`run` bootstraps them over the prompts
+    (95 % intervals, :func:`smoothgen.intervals.bootstrap_all`)."""
     preds, scores = table["smoothed"].tolist(), {}
     for target in ("reference", "base"):
         refs = table[target].tolist()
         scores.update({f"bleu_vs_{target}": metrics.bleu(preds, refs, smooth=True),
-                       f"bleu2_vs_{target}": metrics.bleu(preds, refs, n_gram=2, smooth=True)})
+                       f"bleu2_vs_{target}": metrics.bleu(preds, refs, n_gram=2, smooth=True),
+                       f"semantic_vs_{target}": float(table[f"semantic_vs_{target}"].mean())})
         scores.update({f"{k}_vs_{target}": v for k, v in metrics.rouge(preds, refs).items()})
-    scores["reference_perplexity"] = math.exp(table["reference_nll"].mean())
+    scores.update(distinct_1=metrics.distinct_n(preds, 1), distinct_2=metrics.distinct_n(preds, 2),
+                  reference_perplexity=math.exp(table["reference_nll"].mean()))
     return scores
 
 
@@ -144,15 +156,17 @@ def run(params: dict[str, Any]) -> StudyResult:
     pairs = prompts(test.tokens, test.vocab.eos_id, params["prompt_len"], params["steps"], params["n_prompts"])
     geometry = lm.embedding_geometry()
     radii = np.asarray(params["radii_rel"]) * geometry["nn_median"]
-    per_prompt, w1_tables, quality = [], [], []
+    per_prompt, w1_tables, quality, encoder = [], [], [], metrics.SentenceEncoder(device)
     for rel in params["sigma_rel"]:
         sigma = rel * geometry["mean_norm"]
         rows, w1 = run_sigma(lm, sampler, pairs, sigma, radii, params)
-        table = pd.DataFrame(rows).assign(sigma_rel=rel, sigma=sigma)
+        table = add_semantic(pd.DataFrame(rows).assign(sigma_rel=rel, sigma=sigma), encoder)
         per_prompt.append(table)
         if w1:
             w1_tables.append(pd.DataFrame(w1).assign(sigma_rel=rel, sigma=sigma))
-        quality.append({"sigma_rel": rel, "sigma": sigma, **text_scores(table),
+        scores = intervals.bootstrap_all(lambda idx: text_scores(table.iloc[idx]), len(table), params["bootstrap"],
+                                         params["seed"])
+        quality.append({"sigma_rel": rel, "sigma": sigma, "n_prompts": len(table), **scores,
                         "median_sequence_radius": float(table["sequence_radius"].median())})
     w1_table = pd.concat(w1_tables, ignore_index=True)
     w1_table["radius_rel"] = w1_table["radius"] / geometry["nn_median"]
