@@ -215,7 +215,7 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "smoke": {**_CIFAR_BASE, "steps": 2, "classes": [0, 1], "sigma_rel": [0.0, 0.2], "n": 12, "n_pilot": 4, "bootstrap": 5,
                   "focus_n": 24, "batch_size": 12, "n_real": 64, "grid_samples": 4, "radii_rel": [0.1, 0.5]},
         "cpu": {**_CIFAR_BASE, "steps": 10, "sigma_rel": [0.0, 0.005, 0.01, 0.02, 0.05], "n": 80, "n_pilot": 16,
-                "focus_n": 1500, "batch_size": 80, "n_real": 2000, "grid_samples": 8},
+                "focus_n": 1500, "batch_size": 80, "n_real": 10_000, "grid_samples": 8},
         "gpu": {**_CIFAR_BASE, "steps": 50, "sigma_rel": [0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1], "n": 10_000,
                 "focus_n": 30_000,
                 "n_pilot": 500, "batch_size": 1000, "n_real": 10_000, "grid_samples": 8, "center_delta": 0.05},
@@ -274,10 +274,10 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "cifar_sample_steps": 20, "cifar_batch_size": 500, "cifar_n_cert": 5000, "cifar_n_pilot": 200,
                 "cifar_n_fresh": 2000, "cifar_n_eot": 32, "cifar_pgd_steps": 20, "cifar_restarts": 2,
                 "cifar_base_noises": 8, "cifar_base_pgd_steps": 20, "refine_steps": 4,
-                "ptb_prompts": 100, "ptb_steps": 10, "ptb_n0": 100, "ptb_n": 10_000, "ptb_n_eot": 128,
+                "ptb_prompts": 200, "ptb_steps": 10, "ptb_n0": 100, "ptb_n": 10_000, "ptb_n_eot": 128,
                 "ptb_pgd_steps": 30, "ptb_restarts": 2, "ptb_n_fresh": 10_000, "ptb_batch_size": 5000,
                 "ptb_base_pgd_steps": 20, "cell_pgd_steps": 50, "cell_restarts": 4, "cell_n_cert": 1_000_000,
-                "cell_n_fresh": 1_000_000, "cell_ptb_n": 100_000, "cell_ptb_prompts": 100, "cell_n_images": 1000,
+                "cell_n_fresh": 1_000_000, "cell_ptb_n": 100_000, "cell_ptb_prompts": 200, "cell_n_images": 1000,
                 "cell_n_texts": 1000},
     },
     "08_meaningful_radii": {
@@ -347,14 +347,17 @@ wall time of 03 and 04 by about K):
   ``focus_n + n_pilot`` for the focus class: 10 × (10,000 + 6 × 10,500) + 30,500 = 760,500 images ×
   50 DDIM steps ≈ 3.8·10⁷ UNet rows (twice that with classifier-free guidance). FID pools
   ``10 × n`` = 100,000 samples per σ against the 10,000 test images; certificates use 10⁴ samples
-  per class (the data-dependent W₁ certificate's DKW margin is then √(log(2/α)/2n) ≈ 0.020).
+  per class (the data-dependent W₁ certificate's DKW margin is then √(log(2/α)/2n) ≈ 0.020), and the
+  focus class 3·10⁴. Not 10⁵ per class: the pooled images of one σ (10⁶ × 3,072 floats, 12 GB) would
+  not fit beside the model on the host; ``focus_n`` is the knob for a larger-n certificate.
 - 04: per prompt and σ > 0, the certified greedy decoder's ``steps × (n0 + n)`` = 10 × 100,100
   next-token rows, ``n_pilot + n_samples`` = 10,500 sampled continuations of 10 tokens and 256 NLL
   rows: ≈ 1.1·10⁶ LM forward rows, × 5 σ × 500 prompts ≈ 2.8·10⁹ rows.
 - 01: 500 images × 3 σ × (n0 + n) = 1.5·10⁸ classifier rows.
 - 08: 5 methods × 10 σ × 10 classes × ``n_quality`` = 500,000 images × 20 steps = 10⁷ UNet rows for
   its quality grid (plus the breakdown attacks and the PTB side, not counted here).
-- 05 and 06: not estimated here.
+- 06: all 10 classes and 200 prompts (``cell_ptb_prompts`` too); 05: 200 prompts; neither is
+  estimated here.
 
 None of the gpu presets has been run yet: no device was available to this project's sessions.
 """

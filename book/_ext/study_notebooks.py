@@ -21,6 +21,9 @@ may find only some of them. ``_toc.yml`` lists all of them; this extension makes
 
 * **Injected parameters.** Papermill's ``injected-parameters`` cell repeats the ``parameters``
   cell with the values used; the page drops it, and the chapter's sentence states those values.
+  The ``parameters`` cell itself moves under the page's title.
+* **Wide tables.** Output tables wider than the column scroll sideways inside it
+  (``static/study_notebooks.css``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ NOTEBOOK_FOLDER = "notebooks/"
 MISSING_TITLE = "The executed notebook is not yet in this build"
 FILTERED_TOC = "_toc.present.yml"
 INJECTED_CELL_CLASS = "tag_injected-parameters"
+PARAMETERS_CELL_CLASS = "tag_parameters"
+STYLESHEET = "study_notebooks.css"
+"""Wide output tables scroll inside the column (served from ``_ext/static``, the folder that
+``model_cards`` adds to the static path)."""
 
 
 def notebook_present(srcdir: Path, docname: str) -> bool:
@@ -134,15 +141,23 @@ class StudyNotebookDirective(SphinxDirective):
 
 
 def drop_injected_parameters(app: Sphinx, doctree: nodes.document) -> None:
-    """Remove papermill's injected-parameters cell from notebook pages."""
+    """Remove papermill's injected-parameters cell from notebook pages, and show the ``parameters`` cell
+    (the first cell, as papermill wants it) under the page's title instead of above it."""
     for cell in list(doctree.findall(nodes.container)):
         if INJECTED_CELL_CLASS in cell.get("classes", []):
             cell.parent.remove(cell)
+    section = next(iter(doctree.findall(nodes.section)), None)
+    if section is None:
+        return
+    for cell in [c for c in doctree.children if PARAMETERS_CELL_CLASS in c.get("classes", [])]:
+        doctree.remove(cell)
+        section.insert(1, cell)  # after the section's title
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
     """Register the toc filter, the directive and the cell filter."""
     app.connect("config-inited", use_present_toc, priority=500)
     app.connect("doctree-read", drop_injected_parameters)
+    app.add_css_file(STYLESHEET)
     app.add_directive("study-notebook", StudyNotebookDirective)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
