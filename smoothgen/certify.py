@@ -17,7 +17,7 @@ Contents
   Bernstein), :func:`clopper_pearson_lower`, :func:`dkw_margin`.
 * Monte-Carlo certificates: :func:`np_bounds_mc`, :func:`mean_band`,
   :func:`wasserstein_certificate`, :func:`wasserstein_certified_radius`.
-* Classifiers and token sequences (Cohen et al. 2019): :func:`cohen_certify`,
+* Classifiers and token sequences (Cohen et al. 2019): :func:`cohen_radius`, :func:`cohen_certify`,
   :func:`cohen_predict`, :func:`sequence_certificate`.
 * Concentration (output law fixed on a set of conditions, e.g. a projection front-end):
   :func:`concentration_tv`, :func:`concentration_certificate`, :func:`concentration_certified_radius`.
@@ -850,6 +850,48 @@ class CohenCertificate(_Unpackable):
     count: int | np.ndarray
     n: int | np.ndarray
     _unpack = ("prediction", "radius")
+
+
+def cohen_radius(p_a: ArrayLike, sigma: float, p_b: ArrayLike | None = None) -> FloatOrArray:
+    r"""Certified L2 radius of Cohen et al. (2019) from bounds on the two top class probabilities.
+
+    If :math:`p_A(x) \ge \underline{p_A} \ge \overline{p_B} \ge \max_{k \ne A} p_k(x)`, the smoothed
+    classifier returns ``A`` at every ``x + δ`` with ``‖δ‖₂ < R``, where
+
+    .. math:: R = \frac{\sigma}{2}\big(\Phi^{-1}(\underline{p_A}) - \Phi^{-1}(\overline{p_B})\big).
+
+    Without ``p_b`` the bound :math:`\overline{p_B} = 1 - \underline{p_A}` is used (the other classes
+    share at most the mass that ``A`` leaves), which gives :math:`R = \sigma\,\Phi^{-1}(\underline{p_A})`.
+    This is the closed form only; :func:`cohen_certify` adds the Monte-Carlo confidence bound and the
+    abstention.
+
+    Parameters
+    ----------
+    p_a
+        Lower bound(s) :math:`\underline{p_A}` on the top class probability, in ``[0, 1]``.
+    sigma
+        Noise standard deviation ``> 0``.
+    p_b
+        Upper bound(s) :math:`\overline{p_B}` on every other class probability, in ``[0, 1]``
+        (default ``1 − p_a``; broadcasts against ``p_a``).
+
+    Returns
+    -------
+    float or ndarray
+        ``R``, or ``0.0`` where :math:`\underline{p_A} \le \overline{p_B}` (no certificate); ``inf``
+        at :math:`\underline{p_A} = 1` (or :math:`\overline{p_B} = 0`) when the other bound is not ``0``
+        (resp. ``1``).
+    """
+    s = _check_sigma(sigma)
+    top = _as_float_array(p_a, "p_a")
+    other = 1.0 - top if p_b is None else _as_float_array(p_b, "p_b")
+    for name, arr in (("p_a", top), ("p_b", other)):
+        if np.isnan(arr).any() or (arr < 0).any() or (arr > 1).any():
+            raise ValueError(f"{name} must lie in [0, 1] (and not be NaN)")
+    top, other = np.broadcast_arrays(top, other)
+    certified = top > other
+    radius = 0.5 * s * (special.ndtri(np.where(certified, top, 0.5)) - special.ndtri(np.where(certified, other, 0.5)))
+    return _as_output(np.where(certified, radius, 0.0))
 
 
 def _cohen_radius(p_lower: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:

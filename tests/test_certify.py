@@ -82,6 +82,23 @@ def test_cohen_maximal_radius(n: int, expected: float) -> None:
         assert radius == pytest.approx(sigma * stats.norm.ppf(0.001 ** (1 / n)), rel=1e-12)
 
 
+def test_cohen_radius_closed_form() -> None:
+    # Cohen et al.'s example: p_A = 0.98 at σ = 0.25 gives R = σ Φ⁻¹(0.98) ≈ 2.05 σ.
+    assert certify.cohen_radius(0.98, 0.25) == pytest.approx(0.25 * stats.norm.ppf(0.98), rel=1e-13)
+    assert certify.cohen_radius(0.8, 1.0, 0.15) == pytest.approx(
+        0.5 * (stats.norm.ppf(0.8) - stats.norm.ppf(0.15)), rel=1e-13)
+    np.testing.assert_array_equal(certify.cohen_radius([0.3, 0.5, 1.0], 1.0), [0.0, 0.0, math.inf])
+    assert certify.cohen_radius(0.6, 1.0, 0.7) == 0.0
+    # The same radius as CERTIFY from the same lower bound.
+    cert = certify.cohen_certify([0, 90], [3, 97], 0.5, 0.001)
+    assert cert.radius == pytest.approx(certify.cohen_radius(cert.p_lower, 0.5), rel=1e-13)
+    for bad in (-0.1, 1.5, math.nan):
+        with pytest.raises(ValueError, match="p_a"):
+            certify.cohen_radius(bad, 1.0)
+    with pytest.raises(ValueError, match="p_b"):
+        certify.cohen_radius(0.9, 1.0, 2.0)
+
+
 def test_np_bounds_closed_form_and_half_space_attains_it() -> None:
     lower, upper = certify.np_bounds(0.9, 0.25, 0.5)
     assert round(lower, 4) == 0.7828
