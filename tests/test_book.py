@@ -35,10 +35,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from html import unescape
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 import yaml
 
@@ -674,3 +676,14 @@ def test_missing_browser_is_a_skip_for_users_and_a_failure_under_ci(monkeypatch:
         chromium_path(None)
     (tmp_path / "chrome").write_text("")
     assert chromium_path(str(tmp_path / "chrome")) == str(tmp_path / "chrome")  # Playwright's own download
+
+
+def test_certify_from_scratch_is_executed_and_agrees_with_the_library(html_dir: Path) -> None:
+    """The classifiers chapter runs its twelve-line CERTIFY at build time: on a linear classifier both it
+    and SmoothGen's certify at most the exact radius (the distance to the boundary) and close to it."""
+    page = (html_dir / "classifiers.html").read_text(encoding="utf-8")
+    text = " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    found = re.search(r"exact radius from scratch smoothgen((?: \d [\d.]+ [\d.]+ [\d.]+){3})", text)
+    assert found, "the executed table of the from-scratch CERTIFY is not on the page"
+    for exact, ours, theirs in np.array(found.group(1).split(), dtype=float).reshape(3, 4)[:, 1:]:
+        assert 0.9 * exact < ours <= exact and 0.9 * exact < theirs <= exact
