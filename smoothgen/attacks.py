@@ -9,15 +9,15 @@ PGD (:func:`pgd`, :func:`pgd_many`)
 Projected gradient ascent on an objective ``f(c + δ)`` over the ball
 :math:`B_p(r) = \{\delta: \|\delta\|_p \le r\}`, ``p ∈ {2, ∞}``:
 
-.. math:: \delta_{t+1} = \Pi_{B_p(r)}\big(\delta_t + \eta_t\, d_t\big), \qquad
+.. math:: \delta_{t+1} = \Pi_{B_p(r)}\big(\delta_t + s_t\, d_t\big), \qquad
           d_t = \nabla f / \|\nabla f\|_2 \;(p = 2), \quad d_t = \operatorname{sign}\nabla f \;(p = \infty),
 
 with the exact projections :math:`\Pi(\delta) = \delta \min(1, r/\|\delta\|_2)` and
 :math:`\Pi(\delta) = \operatorname{clip}(\delta, -r, r)`. Iterates live in float64, so
 ``‖δ‖ ≤ r`` holds to float64 rounding; the objective sees ``(c + δ)`` cast to ``c``'s dtype.
-Step sizes follow a schedule ``η_t = η_0 s(t)`` (``constant``: 1; ``cosine``:
+Step sizes follow a schedule ``s_t = s_0 a(t)`` (``constant``: 1; ``cosine``:
 ``(1 + cos(π t / T))/2``; ``step``: halved at ``T/2`` and again at ``3T/4``); the default
-``η_0 = 2r`` is APGD's first step (Croce & Hein 2020): early steps may cross the ball, the schedule
+``s_0 = 2r`` is APGD's first step (Croce & Hein 2020): early steps may cross the ball, the schedule
 anneals them (on a linear ``G`` it finds the top singular direction to ~1e-5 in 50 cosine steps,
 where Madry et al.'s constant ``2.5 r / T`` stalls at a few per cent). Restarts start uniformly
 in the ball and run as one batch; the best iterate of every
@@ -36,6 +36,12 @@ and :func:`continuation_nll` (a smooth surrogate).
 and ``c + δ``): :func:`smoothed_objective` with the statistics :func:`w1_shift` (empirical W₁,
 exact OT, differentiable), :func:`mean_shift`, :func:`class_drop` (soft class-consistency drop)
 and :func:`token_flip` (soft drop of the smoothed greedy decoder's token probability).
+
+*Black box*: :func:`black_box_smoothed` attacks the smoothed objective with no gradient of the
+generator at all, from the values of the noisy copies alone: Stein's lemma turns them into an
+unbiased gradient estimate (:func:`stein_gradient`), which :func:`pgd_many` then follows. It is the
+attack a user of a deployed smoothed generator can mount, and it cannot be fooled by a generator whose
+gradients are uninformative.
 
 Validation protocol
 -------------------
@@ -68,7 +74,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -88,6 +94,7 @@ __all__ = [
     "Breakdown",
     "CommonNoise",
     "Estimate",
+    "black_box_smoothed",
     "breakdown_radius",
     "cell_exit_bound",
     "class_drop",
@@ -107,6 +114,7 @@ __all__ = [
     "shift_norm_estimate",
     "shifted",
     "smoothed_objective",
+    "stein_gradient",
     "step_schedule",
     "token_flip",
     "w1_shift",
@@ -194,7 +202,7 @@ def project(delta: Tensor, radius: Tensor, norm: Norm) -> Tensor:
 
 
 def _direction(grad: Tensor, norm: Norm) -> Tensor:
-    """Steepest-ascent direction of unit ``norm``-length: ``g / ‖g‖₂`` or ``sign(g)`` (0 stays 0)."""
+    """Steepest-ascent direction of unit ``norm``-length: ``∇f / ‖∇f‖₂`` or ``sign(∇f)`` (0 stays 0)."""
     if norm == "linf":
         return grad.sign()
     norms = _flat_norm(grad, "l2", 2).view(*grad.shape[:2], *([1] * (grad.ndim - 2)))
@@ -202,7 +210,7 @@ def _direction(grad: Tensor, norm: Norm) -> Tensor:
 
 
 def step_schedule(schedule: Schedule, steps: int) -> np.ndarray:
-    """Relative step sizes ``s(t)``, ``t = 0..steps−1`` (see the module docstring)."""
+    """Relative step sizes ``a(t)``, ``t = 0..steps−1`` (see the module docstring)."""
     _check_choice("schedule", schedule, SCHEDULES)
     t = np.arange(_check_int("steps", steps, 1), dtype=float)
     if schedule == "constant":
@@ -213,7 +221,7 @@ def step_schedule(schedule: Schedule, steps: int) -> np.ndarray:
 
 
 def _initial_steps(step_size: float | Tensor | None, radius: Tensor) -> Tensor:
-    """``η_0`` per problem: given, or ``2 r``."""
+    """``s_0`` per problem: given, or ``2 r``."""
     if step_size is None:
         return 2.0 * radius
     eta = torch.as_tensor(step_size, dtype=torch.float64).to(radius.device)
@@ -223,7 +231,7 @@ def _initial_steps(step_size: float | Tensor | None, radius: Tensor) -> Tensor:
 
 
 def _initial_delta(shape: tuple[int, ...], radius: Tensor, norm: Norm, generator: torch.Generator) -> Tensor:
-    """Uniform draws in the ball ``[N, R, *E]``: ℓ₂ direction × ``r U^{1/D}``; ℓ∞ uniform in the cube."""
+    """Uniform draws in the ball ``[N, R, *E]``: ℓ₂ direction × ``r U^{1/d}``; ℓ∞ uniform in the cube."""
     dev, dim = radius.device, math.prod(shape[2:])
     r = radius.view(-1, *([1] * (len(shape) - 1)))
     if norm == "linf":
@@ -353,7 +361,7 @@ def pgd_many(
     steps, restarts
         Gradient steps (``>= 1``) and restarts per problem (``>= 1``).
     step_size
-        ``η_0`` (a number, or one per problem); default ``2 r``.
+        ``s_0``, the first PGD step size (a number, or one per problem); default ``2 r``.
     schedule
         ``"constant"``, ``"cosine"`` or ``"step"``.
     patience, tol
@@ -607,6 +615,68 @@ def token_flip(tokens: Tensor | Sequence[int]) -> Statistic:
     return statistic
 
 
+class _SteinMean(torch.autograd.Function):
+    """``mean_k values[..., k]`` forward; the Stein estimate of its gradient in ``points`` backward."""
+
+    @staticmethod
+    def forward(ctx: Any, points: Tensor, values: Tensor, noise: Tensor, sigma: float) -> Tensor:
+        ctx.save_for_backward(values, noise)
+        ctx.sigma = sigma
+        return values.mean(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None, None]:
+        values, noise = ctx.saved_tensors
+        return grad_out.reshape(*grad_out.shape, *[1] * (noise.ndim - grad_out.ndim - 1)) \
+            * stein_gradient(values, noise, ctx.sigma), None, None, None
+
+
+def stein_gradient(values: Tensor, noise: Tensor, sigma: float) -> Tensor:
+    r"""Score-function (Stein) estimate of :math:`\nabla_u \bar h(u)`, :math:`\bar h(u) = E\,h(u + \varepsilon)`,
+    :math:`\varepsilon \sim N(0, \sigma^2 I)`, from the smoothing draws themselves:
+
+    .. math:: \hat\nabla = \frac{1}{(n-1)\sigma^2} \sum_{k=1}^n \big(h_k - \bar h_n\big)\, \varepsilon_k,
+
+    unbiased by Stein's lemma :math:`\nabla \bar h(u) = E[h(u + \varepsilon)\, \varepsilon] / \sigma^2` (the
+    sample-mean baseline costs the factor ``(n − 1)/n``, which the denominator restores). It needs only
+    the values ``h_k = h(u + ε_k)`` ``[..., n]`` and the draws ``ε_k`` ``[..., n, *E]``: no gradient of ``h``.
+
+    Raises
+    ------
+    ValueError
+        If fewer than two draws are given, the shapes do not match, or ``sigma <= 0``.
+    """
+    if values.ndim < 1 or values.shape[-1] < 2 or tuple(noise.shape[: values.ndim]) != tuple(values.shape):
+        raise ValueError(f"need values [..., n >= 2] and noise [..., n, *E], got {tuple(values.shape)} and "
+                         f"{tuple(noise.shape)}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    centred = values - values.mean(-1, keepdim=True)
+    weights = centred.reshape(*centred.shape, *[1] * (noise.ndim - values.ndim))
+    return (weights * noise).sum(values.ndim - 1) / ((values.shape[-1] - 1) * sigma**2)
+
+
+def black_box_smoothed(h: Callable[[Tensor], Tensor], sigma: float, draws: int,
+                       generator: torch.Generator) -> Objective:
+    r"""The smoothed objective :math:`\bar h(u) = E\,h(u + \varepsilon)` of a **black-box** ``h`` as an
+    objective for :func:`pgd_many`: each call draws ``draws`` fresh ``ε ~ N(0, σ²I)`` per point, evaluates
+    ``h(points[..., None, :] + ε)`` ``-> [..., draws]`` without gradients, returns the mean, and
+    back-propagates :func:`stein_gradient` instead of a gradient of ``h``. The attacker sees only the
+    outputs of the noisy copies, as a user of the smoothed generator would; compose it with any
+    differentiable function of the mean (e.g. its squared change) to attack that.
+    """
+    draws = _check_int("draws", draws, 2)
+
+    def objective(points: Tensor) -> Tensor:
+        noise = sigma * torch.randn((*points.shape[:2], draws, *points.shape[2:]), generator=generator,
+                                    device=points.device, dtype=points.dtype)
+        with torch.no_grad():
+            values = h(points.detach().unsqueeze(2) + noise)
+        return _SteinMean.apply(points, values.to(points.dtype), noise, sigma)
+
+    return objective
+
+
 def cell_exit_bound(codebook: Tensor, ids: Tensor | Sequence[int], sigma: float) -> Objective:
     r"""Log of the union bound on the probability that a noisy condition leaves its cells.
 
@@ -794,7 +864,7 @@ def shifted(estimate: Estimate, offset: float, scale: float = 1.0) -> Estimate:
 
 
 def _jackknife_u(d: Tensor) -> tuple[float, float]:
-    """``U = mean_{i≠j} ⟨d_i, d_j⟩`` over the rows of ``d[m, D]`` (float64) and its jackknife standard error."""
+    """``U = mean_{i≠j} ⟨d_i, d_j⟩`` over the ``m`` rows of ``d`` (float64, flattened) and its jackknife standard error."""
     m = d.shape[0]
     total, sq = d.sum(dim=0), (d * d).sum(dim=1)
     s2, q = float(total @ total), float(sq.sum())
@@ -804,17 +874,17 @@ def _jackknife_u(d: Tensor) -> tuple[float, float]:
 
 
 def shift_norm_estimate(differences: Tensor, z: float = VIOLATION_Z) -> Estimate:
-    r"""Estimate ``‖E D‖₂`` from ``m >= 3`` i.i.d. vectors ``differences[m, *O]`` (trailing dims flattened).
+    r"""Estimate ``‖E ΔY‖₂`` from ``m >= 3`` i.i.d. vectors ``differences[m, *O]`` (trailing dims flattened).
 
-    :math:`U = \frac{1}{m(m-1)}\sum_{i\ne j}\langle D_i, D_j\rangle = \frac{\|\sum_i D_i\|^2 - \sum_i\|D_i\|^2}{m(m-1)}`
-    is unbiased for :math:`\|E D\|^2`; ``s_U`` is its jackknife standard error. Returned:
+    :math:`U = \frac{1}{m(m-1)}\sum_{i\ne j}\langle \Delta Y_i, \Delta Y_j\rangle = \frac{\|\sum_i \Delta Y_i\|^2 - \sum_i\|\Delta Y_i\|^2}{m(m-1)}`
+    is unbiased for :math:`\|E\,\Delta Y\|^2`; ``s_U`` is its jackknife standard error. Returned:
     ``value = √max(U, 0)``, ``lower = √max(U − z s_U, 0)`` (one-sided normal-approximation bound),
     ``stderr = s_U / (2 value)`` (delta method; ``√s_U`` when ``value = 0``).
 
-    With ``D_i = Y'_i − Y_i`` (fresh pairs, each side drawn from its law), :math:`\|E D\| =
+    With ``ΔY_i = Y'_i − Y_i`` (fresh pairs, each side drawn from its law), :math:`\|E\,\Delta Y\| =
     \|E Y' - E Y\| \le W_1` (Kantorovich–Rubinstein with the 1-Lipschitz ``f(y) = ⟨u, y⟩``, ``u``
-    the unit mean-shift direction): no witness has to be chosen, and the noise in the ``D_i``
-    does not inflate the estimate (unlike ``‖mean D‖``, biased upwards by ``tr Cov / m``).
+    the unit mean-shift direction): no witness has to be chosen, and the noise in the ``ΔY_i``
+    does not inflate the estimate (unlike ``‖mean ΔY‖``, biased upwards by ``tr Cov / m``).
     """
     if not isinstance(differences, Tensor) or differences.ndim < 2 or differences.shape[0] < 3:
         raise ValueError("differences must be a tensor [m, ...] with m >= 3 rows")

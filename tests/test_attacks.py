@@ -451,7 +451,7 @@ def test_experiment_runs_on_random_tiny_models_and_writes_the_trials_table(tmp_p
     trials = pd.read_csv(tmp_path / "06_attacks" / "smoke" / "trials.csv")
     assert set(A.TRIAL_COLUMNS) <= set(trials.columns)
     assert set(trials["dataset"]) == {"toy-probit", "cifar10", "ptb"}
-    assert len(trials) == 2 * 200 + 2 * 3 + 2
+    assert len(trials) == 2 * 2 * 200 + 2 * 3 + 2  # toys: two attacks (white-box EOT, black-box Stein) x two certificates
     assert not trials[["achieved", "achieved_stderr", "achieved_lower", "certified"]].isna().any().any()
     assert (trials["achieved_lower"] <= trials["achieved"] + 1e-12).all()
     assert not trials["violation"].any()
@@ -492,3 +492,31 @@ def test_pgd_on_the_cell_exit_bound_finds_the_nearest_face() -> None:
                 restarts=2)
     assert out.delta.norm() == pytest.approx(r, rel=1e-6)
     assert torch.allclose(out.delta[0] / r, torch.tensor([1.0, 0.0], dtype=torch.float64), atol=1e-3)
+
+
+def test_stein_gradient_is_unbiased_for_a_linear_and_a_quadratic_function() -> None:
+    g = torch.Generator().manual_seed(0)
+    w, u, sigma, n = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), torch.tensor([0.3, 0.1, -0.2],
+                                                                                        dtype=torch.float64), 0.7, 200_000
+    noise = sigma * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    est = A.stein_gradient((u + noise) @ w, noise, sigma)
+    assert torch.allclose(est, w, atol=0.03)
+    quad = ((u + noise) ** 2).sum(-1)  # E|u + eps|^2 has gradient 2u
+    assert torch.allclose(A.stein_gradient(quad, noise, sigma), 2 * u, atol=0.05)
+    with pytest.raises(ValueError, match="n >= 2"):
+        A.stein_gradient(torch.zeros(1), torch.zeros(1, 3), sigma)
+    with pytest.raises(ValueError, match="sigma"):
+        A.stein_gradient(torch.zeros(4), torch.zeros(4, 3), 0.0)
+
+
+def test_black_box_attack_finds_the_worst_direction_of_a_smoothed_half_space() -> None:
+    """h = 1{<w, x> > 0} has no useful gradient; its smoothing Phi(<w, u>/sigma) is maximised over the ball
+    at delta = r w/|w|. The Stein-gradient PGD finds that direction from the indicator's values alone."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.tensor([[3.0, -4.0, 0.0, 0.0]], dtype=torch.float64) / 5
+    h = lambda x: ((x * w[:, None, None]).sum(-1) > 0).to(x.dtype)  # noqa: E731  [N, R, draws, E] -> [N, R, draws]
+    objective = A.black_box_smoothed(h, sigma=0.5, draws=512, generator=g)
+    center = torch.zeros(1, 4, dtype=torch.float64)
+    res = A.pgd_many(objective, center, 0.4, generator=g, steps=30, restarts=2)
+    cosine = float((res.delta[0] @ w[0]) / res.delta[0].norm())
+    assert cosine > 0.95 and float(res.delta[0].norm()) == pytest.approx(0.4, rel=1e-6)
