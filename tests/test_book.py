@@ -99,6 +99,7 @@ class PageReport:
     mathjax_errors: int = 0
     raw_delimiters: bool = False
     nav_links: list[str] = field(default_factory=list)
+    image_scales: list[list] = field(default_factory=list)
     title: str = ""
     title_first: bool = True
     overflowing: list[str] = field(default_factory=list)
@@ -264,6 +265,9 @@ async () => {
     raw_delimiters: ['\\\\(', '\\\\)', '\\\\[', '\\\\]', '$$'].some(d => text.includes(d)),
     nav_links: Array.from(document.querySelectorAll('nav.bd-docs-nav a.reference.internal'))
       .map(a => a.getAttribute('href')),
+    image_scales: Array.from(main.querySelectorAll('div.cell_output img'))
+      .filter(i => i.naturalWidth > 0)
+      .map(i => [(i.currentSrc || i.src).split('/').pop(), i.getBoundingClientRect().width / i.naturalWidth]),
     title: document.title,
     title_first: (() => {
       const article = document.querySelector('article.bd-article') || main;
@@ -444,6 +448,19 @@ def test_pages_fit_their_column_and_titles_are_unique(html_dir: Path, reports: d
         if redirect_target(html_dir / f"{name}.html") is None:
             titles.setdefault(report.title, []).append(name)
     assert not {t: n for t, n in titles.items() if len(n) > 1}, "pages sharing a title"
+
+
+# matplotlib draws notebook figures at 100 dpi, so its default 10 pt text is 13.9 px tall at natural size;
+# shown at this fraction of their natural width or more, that text stays at least 9 px tall.
+MIN_FIGURE_SCALE = 9 / (10 * 100 / 72)
+
+
+def test_notebook_figures_keep_legible_text(reports: dict[str, PageReport]) -> None:
+    """Executed notebooks' figures are not shrunk to fit the column (wide ones scroll with their output),
+    so their text keeps the size it was drawn at."""
+    small = {n: [(src, round(scale, 2)) for src, scale in r.image_scales if scale < MIN_FIGURE_SCALE]
+             for n, r in reports.items()}
+    assert not {n: v for n, v in small.items() if v}, f"figures shrunk below {MIN_FIGURE_SCALE:.2f} of their size"
 
 
 def test_model_cards_render(reports: dict[str, PageReport]) -> None:
