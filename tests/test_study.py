@@ -296,3 +296,13 @@ def test_git_dirty_sees_code_changes_but_not_the_study_outputs(tmp_path: Path) -
     assert git_dirty(tmp_path) is False
     (tmp_path / "code.py").write_text("1")
     assert git_dirty(tmp_path) is True
+
+
+def test_the_banner_states_alpha_and_a_dirty_tree() -> None:
+    from smoothgen.experiments.common import banner
+
+    meta = {"preset": "cpu", "seed": 0, "git_commit": "0123456789abcdef", "git_dirty": True, "date": "d",
+            "data_variant": None, "machine": "m", "wall_time_s": 1.0, "params": {"alpha": 0.001}}
+    line = banner(meta)
+    assert "`0123456789+dirty`" in line and "α = 0.001" in line
+    assert "α" not in banner({**meta, "git_dirty": False, "params": {}}) and "+dirty" not in banner({**meta, "git_dirty": False})

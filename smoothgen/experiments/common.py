@@ -61,11 +61,14 @@ def finish(experiment: str, params: dict[str, Any], tables: dict[str, pd.DataFra
 
 
 def banner(meta: dict[str, Any]) -> str:
-    """A Markdown line for the top of an executed notebook: preset, commit, date, data, wall time."""
-    commit = str(meta.get("git_commit", "unknown"))[:10]
+    """A Markdown line for the top of an executed notebook: preset, commit (marked when the tree was dirty),
+    date, data, wall time, and the failure probability α of its certificates when it has one."""
+    commit = str(meta.get("git_commit", "unknown"))[:10] + ("+dirty" if meta.get("git_dirty") else "")
     data = meta.get("data_variant") or "no dataset"
+    alpha = meta.get("params", {}).get("alpha")
+    level = f" · certificates at α = {alpha:g} (each holds with probability ≥ 1 − α)" if alpha else ""
     return (f"**Run:** preset `{meta['preset']}` · seed {meta['seed']} · commit `{commit}` · "
-            f"{meta['date']} · data: {data} · {meta['machine']} · {meta['wall_time_s']:.0f} s")
+            f"{meta['date']} · data: {data} · {meta['machine']} · {meta['wall_time_s']:.0f} s{level}")
 
 
 def trial(estimate: A.Estimate, certified: float, **fields: Any) -> dict[str, Any]:
