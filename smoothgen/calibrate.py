@@ -2,7 +2,7 @@ r"""Adaptive noise calibration that keeps the smoothing certificate valid.
 
 Two halves:
 
-**Sensitivity** of a differentiable map ``f: R^D → R^O`` (a generator with its own randomness held
+**Sensitivity** of a differentiable map ``f: R^d → R^O`` (a generator with its own randomness held
 fixed, e.g. ``u ↦ diffusion.sample_from_noise(u, x_T)``, or the LM's next-token logits) to its
 condition embedding, at points ``c_1..c_N``: Jacobian-vector products ``J v`` and
 vector-Jacobian products ``Jᵀ w`` through autograd (:class:`JacobianOperator`), block power
@@ -16,7 +16,7 @@ rows it pushed through ``f`` (:class:`PassCount`).
 (:class:`NoiseCertificate`):
 
 - :func:`global_calibration`: one σ for every input, the smallest on a grid that meets a target
-  (certified W₁ ≤ ε or certified class-consistency ≥ κ at radius r) on calibration conditions,
+  (certified W₁ ≤ ω or certified class-consistency ≥ κ at radius r) on calibration conditions,
   re-certified on held-out ones;
 - :func:`per_class_table`: a σ per condition *identity* (class), computed offline;
 - :func:`anisotropic_noise`: ``Σ`` shaped by ``Ḡ`` (more noise where the output is insensitive);
@@ -176,7 +176,7 @@ class JacobianOperator:
     fixed randomness satisfy this through :func:`with_fixed_randomness`; deterministic row-wise
     maps (LM logits, toys) satisfy it as they are.
 
-    Products (directions ``v[m, N, D]``, cotangents ``w[m, N, O]``, flattened ``D = prod(E)``):
+    Products (directions ``v[m, N, d]``, cotangents ``w[m, N, O]``, flattened ``d = prod(E)``):
     :meth:`jvp` ``J_n v_{j,n}``, :meth:`vjp` ``J_nᵀ w_{j,n}``, :meth:`gram` ``J_nᵀ J_n v_{j,n}``.
 
     Parameters
@@ -289,7 +289,7 @@ class JacobianOperator:
         return _grad(y, u, jv).reshape(u.shape[0], -1)
 
     def sketch(self, m: int, seed: int) -> Tensor:
-        """``J_nᵀ w`` for ``m`` independent Gaussian cotangents ``w ~ N(0, I_O)`` per point: ``[m, N, D]``.
+        """``J_nᵀ w`` for ``m`` independent Gaussian cotangents ``w ~ N(0, I_O)`` per point: ``[m, N, d]``.
 
         Drawn in float64 on the CPU from a generator seeded with ``seed`` (reproducible on every
         device). Cost: ``m·N`` rows of one forward and one backward pass.
@@ -305,15 +305,15 @@ class JacobianOperator:
         return torch.cat(parts)
 
     def jvp(self, v: Tensor) -> Tensor:
-        """``J_n v_{j,n}`` for directions ``v[m, N, D]``: a ``[m, N, O]`` tensor."""
+        """``J_n v_{j,n}`` for directions ``v[m, N, d]``: a ``[m, N, O]`` tensor."""
         return self._apply(self._check_directions(v, self.dim, "v"), self._jvp_rows)
 
     def vjp(self, w: Tensor) -> Tensor:
-        """``J_nᵀ w_{j,n}`` for cotangents ``w[m, N, O]``: a ``[m, N, D]`` tensor."""
+        """``J_nᵀ w_{j,n}`` for cotangents ``w[m, N, O]``: a ``[m, N, d]`` tensor."""
         return self._apply(self._check_directions(w, None, "w"), self._vjp_rows)
 
     def gram(self, v: Tensor) -> Tensor:
-        """``J_nᵀ J_n v_{j,n}`` for directions ``v[m, N, D]``: a ``[m, N, D]`` tensor."""
+        """``J_nᵀ J_n v_{j,n}`` for directions ``v[m, N, d]``: a ``[m, N, d]`` tensor."""
         v = self._check_directions(v, self.dim, "v")
         return self._apply(v, self._gram_rows)
 
@@ -331,7 +331,7 @@ def _check_int(name: str, value: int, low: int) -> int:
 
 
 def _orthonormal_columns(v: Tensor) -> Tensor:
-    """Orthonormal basis of the column span of ``v[..., D, k]``: the ``Q`` of its reduced QR."""
+    """Orthonormal basis of the column span of ``v[..., d, k]``: the ``Q`` of its reduced QR."""
     return torch.linalg.qr(v).Q
 
 
@@ -413,18 +413,18 @@ class GramEstimate:
     r"""Low-rank-plus-isotropic model of the average Gram ``Ḡ = (1/N) Σ_n J_nᵀ J_n``.
 
     ``Ḡ ≈ V diag(λ) Vᵀ + ρ (I − V Vᵀ)``: ``λ`` the top eigenvalues, ``V`` their orthonormal
-    eigenvectors, ``ρ = (tr Ḡ − Σλ)/(D − k)`` the average eigenvalue of the rest.
+    eigenvectors, ``ρ = (tr Ḡ − Σλ)/(d − k)`` the average eigenvalue of the rest.
 
     Attributes
     ----------
     eigenvalues
         ``[k]``, descending, float64.
     eigenvectors
-        ``[k, D]`` (rows orthonormal, flattened embedding), float64.
+        ``[k, d]`` (rows orthonormal, flattened embedding), float64.
     trace, trace_stderr
         Hutchinson estimate of ``tr Ḡ`` and its standard error.
     diagonal
-        Hutchinson estimate of ``diag Ḡ`` ``[D]`` (``E[v ⊙ Ḡv] = diag Ḡ``), clipped at 0.
+        Hutchinson estimate of ``diag Ḡ`` ``[d]`` (``E[v ⊙ Ḡv] = diag Ḡ``), clipped at 0.
     residual
         ``ρ`` (clipped at 0).
     event_shape
@@ -447,14 +447,14 @@ class GramEstimate:
         return math.prod(self.event_shape)
 
     def matrix(self) -> Tensor:
-        """The dense ``D × D`` model ``V diag(λ) Vᵀ + ρ (I − V Vᵀ)`` (for small ``D``)."""
+        """The dense ``d × d`` model ``V diag(λ) Vᵀ + ρ (I − V Vᵀ)`` (for small ``d``)."""
         v = self.eigenvectors
         spikes = v.T @ torch.diag(self.eigenvalues - self.residual) @ v
         return spikes + self.residual * torch.eye(self.dim, dtype=v.dtype)
 
 
 def _mean_gram(op: JacobianOperator, v: Tensor) -> Tensor:
-    """``Ḡ v_j`` for shared directions ``v[p, D]`` (the same direction at every point)."""
+    """``Ḡ v_j`` for shared directions ``v[p, d]`` (the same direction at every point)."""
     return op.gram(v[:, None, :].expand(-1, op.num_points, -1).contiguous()).mean(1).double().cpu()
 
 
@@ -495,11 +495,12 @@ def average_gram(op: JacobianOperator, rank: int, *, iters: int = 10, oversample
 def sketch_gram(op: JacobianOperator, rank: int, *, probes: int = 16, seed: int = 0) -> GramEstimate:
     r"""Estimate ``Ḡ = (1/N) Σ_n J_nᵀ J_n`` from vector-Jacobian products alone (no double backward).
 
-    With ``g = J_nᵀ w``, ``w ~ N(0, I_O)``: ``E[g gᵀ] = J_nᵀ J_n``, so the sketch
-    ``Ĝ = (1/(N m)) Σ_{n,i} g_{n,i} g_{n,i}ᵀ`` over ``m = probes`` cotangents per point is an unbiased
-    estimate of ``Ḡ``, and so are its trace ``(1/(Nm)) Σ ‖g‖²`` and diagonal ``(1/(Nm)) Σ g ⊙ g``
-    (output-space Hutchinson). The top-``rank`` eigenpairs are those of ``Ĝ`` (the SVD of the
-    ``Nm × D`` matrix of the ``g``): a randomized range finder for the row space of the ``J_n``,
+    With the gradients ``∇_{n,i} = J_nᵀ w_{n,i} = ∇_u ⟨w_{n,i}, f(u)⟩`` at ``u = c_n``,
+    ``w_{n,i} ~ N(0, I_O)``: ``E[∇_{n,i} ∇_{n,i}ᵀ] = J_nᵀ J_n``, so the sketch
+    ``Ĝ = (1/(N m)) Σ_{n,i} ∇_{n,i} ∇_{n,i}ᵀ`` over ``m = probes`` cotangents per point is an unbiased
+    estimate of ``Ḡ``, and so are its trace ``(1/(Nm)) Σ ‖∇_{n,i}‖²`` and diagonal
+    ``(1/(Nm)) Σ ∇_{n,i} ⊙ ∇_{n,i}`` (output-space Hutchinson). The top-``rank`` eigenpairs are those of
+    ``Ĝ`` (the SVD of the ``Nm × d`` matrix of these gradients): a randomized range finder for the row space of the ``J_n``,
     accurate when the spectrum decays fast, noisy otherwise (``Ĝ`` has rank ``≤ Nm``). The trace's
     standard error treats the ``Nm`` terms as i.i.d. (conservative: it includes the spread between
     points). Cost: ``N·m`` rows of one forward and one backward pass — the cheap alternative to
@@ -603,7 +604,7 @@ class NoiseCertificate:
         """Log-volume of the certified region in condition space at Mahalanobis radius ``R``.
 
         Ellipsoid (``kind="tv-ellipsoid"``): :meth:`~smoothgen.noise.Noise.log_volume`. Otherwise the ball of radius
-        ``R·σ_cert`` in ``D = prod(condition_shape)`` dimensions.
+        ``R·σ_cert`` in ``d = prod(condition_shape)`` dimensions.
         """
         if self.kind == "tv-ellipsoid":
             return self.noise.log_volume(mahalanobis_radius)
@@ -1019,7 +1020,7 @@ def per_class_table(values: CertifiedValues, target: Target, sigmas: Sequence[fl
 # ============================================================================================
 def _variance_weights(sensitivity: Tensor, multiplicity: Tensor, *, power: float, ridge: float,
                       max_ratio: float, normalize: str, sigma: float) -> Tensor:
-    """Variances ``∝ (s + γ)^{-power}``, std ratio capped at ``max_ratio``, scaled so that the
+    """Variances ``∝ (s + λ₀)^{-power}`` (``λ₀`` = ``ridge``), std ratio capped at ``max_ratio``, scaled so that the
     (multiplicity-weighted) geometric mean ("volume") or arithmetic mean ("trace") of the
     variances is ``σ²``."""
     w = (sensitivity.double().clamp_min(0.0) + ridge) ** (-power)
@@ -1038,18 +1039,18 @@ def anisotropic_noise(gram: GramEstimate, sigma: float, *, form: Literal["lowran
 
     Variance along an eigen-direction (``form="lowrank"``: the top eigenvectors of ``Ḡ`` and the
     isotropic rest, :class:`~smoothgen.noise.SpikedGaussianNoise`) or along a coordinate (``form="diagonal"``:
-    ``diag Ḡ``, :class:`~smoothgen.noise.DiagonalGaussianNoise`) is ``∝ (λ + γ)^{-power}``.
+    ``diag Ḡ``, :class:`~smoothgen.noise.DiagonalGaussianNoise`) is ``∝ (λ + λ₀)^{-power}``.
     ``power = 1`` minimises the first-order quality cost ``E‖J ε‖² = tr(ḠΣ)`` at fixed
     ``log det Σ`` (Lagrange: ``Ḡ = μ Σ^{-1}``); ``power = 0`` is isotropic. The ratio of the
     largest to the smallest standard deviation is capped at ``max_ratio`` (capping the largest),
-    and ``ridge`` ``γ`` (default 1 % of ``tr Ḡ / D``) keeps flat directions finite.
+    and ``ridge`` ``λ₀`` (default 1 % of ``tr Ḡ / d``) keeps flat directions finite.
 
-    Normalisation: ``"volume"`` makes ``det Σ = σ^{2D}`` (the certified ellipsoid has the volume of
-    the σ-ball at equal ``R``), ``"trace"`` makes ``tr Σ = Dσ²`` (equal noise energy).
+    Normalisation: ``"volume"`` makes ``det Σ = σ^{2d}`` (the certified ellipsoid has the volume of
+    the σ-ball at equal ``R``), ``"trace"`` makes ``tr Σ = dσ²`` (equal noise energy).
 
     Certificate: ``TV ≤ 2Φ(R/2) − 1`` on the ellipsoid ``‖Σ^{-1/2}δ‖ ≤ R``; its inscribed ℓ₂
     radius is ``R·λ_min(Σ)^{1/2}`` and its log-volume
-    ``(D/2)log π − log Γ(D/2+1) + D log R + ½ log det Σ``.
+    ``(d/2)log π − log Γ(d/2+1) + d log R + ½ log det Σ``.
     """
     sigma = float(sigma)
     if not (math.isfinite(sigma) and sigma > 0):
@@ -1090,7 +1091,7 @@ def effective_sigma(sigmas: Sequence[float]) -> float:
     r"""``σ_eff = (Σ_t σ_t⁻²)^{-1/2}`` of a per-step schedule.
 
     The ``T`` noisy copies ``c + ε_t``, ``ε_t ~ N(0, σ_t² I)`` independent, form one Gaussian on
-    ``R^{T·D}`` with mean ``(c, …, c)``; moving ``c`` by ``δ`` moves every block mean by ``δ``, a
+    ``R^{T·d}`` with mean ``(c, …, c)``; moving ``c`` by ``δ`` moves every block mean by ``δ``, a
     shift of Mahalanobis norm ``‖δ‖·(Σ_t σ_t⁻²)^{1/2} = ‖δ‖/σ_eff``. Hence, exactly,
     ``TV = 2Φ(‖δ‖/(2σ_eff)) − 1`` for the inputs and ``≤`` that for the outputs (data processing).
     ``σ_eff ≤ min_t σ_t``; ``T`` equal steps give ``σ/√T``.

@@ -269,17 +269,17 @@ def wasserstein_bound(radius: ArrayLike, sigma: float, diameter: float) -> Float
 
 
 def certified_radius(epsilon: ArrayLike, sigma: float, diameter: float) -> FloatOrArray:
-    r"""Largest ``r`` with :func:`wasserstein_bound` ``<= ε``: the inverse of ``D·τ(r)``.
+    r"""Largest ``r`` with :func:`wasserstein_bound` ``<= ω``: the inverse of ``D·τ(r)``.
 
-    .. math:: r(\varepsilon) = 2\sigma\,\Phi^{-1}\Big(\frac{1 + \varepsilon/D}{2}\Big)
-              = 2\sqrt2\,\sigma\,\operatorname{erf}^{-1}(\varepsilon / D),
+    .. math:: r(\omega) = 2\sigma\,\Phi^{-1}\Big(\frac{1 + \omega/D}{2}\Big)
+              = 2\sqrt2\,\sigma\,\operatorname{erf}^{-1}(\omega / D),
 
-    and ``inf`` when ``ε >= D`` (the bound never exceeds ``D``).
+    and ``inf`` when ``ω >= D`` (the bound never exceeds ``D``).
 
     Parameters
     ----------
     epsilon
-        Target W₁ level ``ε >= 0`` (scalar or array).
+        The tolerance ``ω >= 0`` on W₁ (scalar or array).
     sigma
         Noise standard deviation ``> 0``.
     diameter
@@ -288,7 +288,7 @@ def certified_radius(epsilon: ArrayLike, sigma: float, diameter: float) -> Float
     Returns
     -------
     float or ndarray
-        The certified radius (``0`` at ``ε = 0``, ``inf`` for ``ε >= D``).
+        The certified radius (``0`` at ``ω = 0``, ``inf`` for ``ω >= D``).
     """
     s = _check_sigma(sigma)
     d = _check_diameter(diameter)
@@ -775,15 +775,15 @@ def wasserstein_certified_radius(
     *,
     rtol: float = 1e-10,
 ) -> float:
-    r"""Largest radius whose :func:`wasserstein_certificate` is ``<= ε``.
+    r"""Largest radius whose :func:`wasserstein_certificate` is ``<= ω``.
 
     The certificate is continuous and strictly increasing in ``r`` (on every interval one of the
     two terms is ``τ`` or :math:`\Phi(\Phi^{-1}(S) + r/\sigma)` with ``S < 1``), equals ``0`` at
-    ``r = 0`` and tends to ``D``. The root of ``certificate(r) = ε`` is bracketed by doubling and
+    ``r = 0`` and tends to ``D``. The root of ``certificate(r) = ω`` is bracketed by doubling and
     found by Brent's method (the band ``S`` is computed once) to relative tolerance ``rtol``; if
     the root found overshoots, it is lowered by ``2·rtol`` relative, so the returned radius
-    always has certificate ``<= ε`` (conservative by at most ``2·rtol`` relative). Returns
-    ``inf`` when ``ε >= D`` and ``0`` when ``ε = 0``. Valid with probability ``>= 1 − α`` (the
+    always has certificate ``<= ω`` (conservative by at most ``2·rtol`` relative). Returns
+    ``inf`` when ``ω >= D`` and ``0`` when ``ω = 0``. Valid with probability ``>= 1 − α`` (the
     same DKW event as the certificate, for all radii at once).
 
     Parameters
@@ -791,7 +791,7 @@ def wasserstein_certified_radius(
     distances, sigma, alpha, diameter
         As in :func:`wasserstein_certificate`.
     epsilon
-        Target W₁ level ``ε >= 0``.
+        The tolerance ``ω >= 0`` on W₁.
     rtol
         Relative tolerance of the root (``>= 1e-15``).
 
@@ -812,11 +812,11 @@ def wasserstein_certified_radius(
     if eps == 0.0:
         return 0.0
     lo, hi = 0.0, s
-    while _w1_from_steps(steps, hi, s) <= eps:  # terminates: the certificate reaches D > ε
+    while _w1_from_steps(steps, hi, s) <= eps:  # terminates: the certificate reaches D > ω
         lo, hi = hi, 2.0 * hi
     root = optimize.brentq(lambda r: _w1_from_steps(steps, r, s) - eps, lo, hi, xtol=1e-300, rtol=rtol)
     # brentq leaves the root within rtol·root of the true one: step below it to stay sound, and
-    # fall back to the bracket's lower end (certificate <= ε by construction) should that fail.
+    # fall back to the bracket's lower end (certificate <= ω by construction) should that fail.
     for candidate in (root, root * (1.0 - 2.0 * rtol)):
         if _w1_from_steps(steps, candidate, s) <= eps:
             return candidate
@@ -1231,11 +1231,11 @@ def concentration_certificate(count: ArrayLike, n: ArrayLike, radius: ArrayLike,
 
 def concentration_certified_radius(count: ArrayLike, n: ArrayLike, epsilon: float, sigma: float, alpha: float,
                                    diameter: float = 1.0) -> float:
-    r"""Largest ``r`` whose :func:`concentration_certificate` W₁ bound is ``<= ε``.
+    r"""Largest ``r`` whose :func:`concentration_certificate` W₁ bound is ``<= ω`` (``epsilon``).
 
-    .. math:: r = \sigma\big(\Phi^{-1}(\underline p) - \Phi^{-1}(1 - \varepsilon / D)\big)^+,
+    .. math:: r = \sigma\big(\Phi^{-1}(\underline p) - \Phi^{-1}(1 - \omega / D)\big)^+,
 
-    ``inf`` for ``ε >= D`` (the bound never exceeds ``D``), ``0.0`` when even ``r = 0`` fails.
+    ``inf`` for ``ω >= D`` (the bound never exceeds ``D``), ``0.0`` when even ``r = 0`` fails.
     Valid with probability ``>= 1 − α`` (the same event as the certificate's).
     """
     s, a, d = _check_sigma(sigma), _check_alpha(alpha), _check_diameter(diameter)
@@ -1259,7 +1259,7 @@ class CenterCertificate(_Unpackable):
     Attributes
     ----------
     center_index
-        Row of ``pairwise_distances`` chosen as the center ``ẑ``.
+        Row of ``pairwise_distances`` chosen as the center ``ŷ``.
     median_radius
         ``r̂``: the center's median distance to the samples.
     delta_1, delta_2
@@ -1267,12 +1267,13 @@ class CenterCertificate(_Unpackable):
     is_good
         Whether the Δ-check ``max(Δ₁, Δ₂) <= Δ`` passed.
     quantile
-        ``q = Φ(Φ⁻¹(1/2 + Δ) + r/σ) + sqrt(ln(1/α₂)/(2m))``.
+        The quantile level ``ν + η``: the mass level ``ν = Φ(Φ⁻¹(1/2 + Δ) + r/σ)`` plus the DKW
+        margin ``η = sqrt(ln(1/α₂)/(2m))``.
     radius
-        Certified output radius ``coeff × q-quantile`` of the certification distances;
+        Certified output radius ``coeff ×`` the ``(ν + η)``-quantile of the certification distances;
         ``inf`` (no bound) when abstaining.
     abstained
-        ``True`` when the Δ-check failed or ``q >= 1``.
+        ``True`` when the Δ-check failed or ``ν + η >= 1``.
     """
 
     center_index: int
@@ -1365,15 +1366,16 @@ def center_certificate(
 ) -> CenterCertificate:
     r"""Center smoothing certificate (Kumar & Goldstein 2021) from precomputed distances.
 
-    1. Center: :func:`select_center` on ``pairwise_distances`` → ``ẑ`` and its median distance
+    1. Center: :func:`select_center` on ``pairwise_distances`` → ``ŷ`` and its median distance
        ``r̂`` (over ``n`` samples).
-    2. Δ-check on a fresh batch (``check_distances[i] = ρ(Y_i, ẑ)``, ``n'`` samples):
+    2. Δ-check on a fresh batch (``check_distances[i] = ρ(Y_i, ŷ)``, ``n'`` samples):
        ``Δ₁ = sqrt(ln(2/α₁)/(2n))``, ``frac = #{ρ <= r̂}/n'``,
        ``Δ₂ = 1/2 − (frac − sqrt(ln(2/α₁)/(2n')))``; good iff ``max(Δ₁, Δ₂) <= Δ``. With
        ``n = n'`` this is exactly the reference.
-    3. Certificate from ``m`` fresh distances to ``ẑ`` (``certify_distances``):
-       ``q = Φ(Φ⁻¹(1/2 + Δ) + r/σ) + sqrt(ln(1/α₂)/(2m))``; abstain if the check failed or
-       ``q >= 1``; else the output radius is ``radius_coeff × Q_q(certify_distances)``.
+    3. Certificate from ``m`` fresh distances to ``ŷ`` (``certify_distances``): the mass level
+       ``ν = Φ(Φ⁻¹(1/2 + Δ) + r/σ)`` and the DKW margin ``η = sqrt(ln(1/α₂)/(2m))``; abstain if the
+       check failed or ``ν + η >= 1``; else the output radius is
+       ``radius_coeff × Q_{ν+η}(certify_distances)``.
 
     Guarantee (Kumar & Goldstein, Thm 1 with a β-approximate center, ``radius_coeff >= 1 + β``,
     ``β = 2`` for a sample point of smallest median distance, hence ``radius_coeff >= 3``): with
@@ -1381,12 +1383,12 @@ def center_certificate(
     ``ρ``) for every ``‖δ‖ <= r``. A smaller ``radius_coeff`` is not covered (it fails routinely),
     so it is refused; ``α₁ + α₂ < 1`` is required for the statement to say anything, and
     ``α₂ <= 1/2`` for the DKW margin below (Massart's condition, as in :func:`dkw_margin`). The
-    DKW term makes ``Q_q`` an upper confidence bound on the population ``(q − η)``-quantile
-    **provided** ``Q_q`` is a value ``t`` with empirical CDF ``>= q``: that is
-    ``quantile_method="inverted_cdf"`` (the ``⌈mq⌉``-th smallest distance), the default here. The
+    DKW term makes ``Q_{ν+η}`` an upper confidence bound on the population ``ν``-quantile ``R_ν``
+    **provided** ``Q_{ν+η}`` is a value ``t`` with empirical CDF ``>= ν + η``: that is
+    ``quantile_method="inverted_cdf"`` (the ``⌈m(ν + η)⌉``-th smallest distance), the default here. The
     reference uses ``np.quantile``'s default ``"linear"``, which interpolates below that order
     statistic (anti-conservative by up to one sample, i.e. ``1/m`` in probability); pass
-    ``quantile_method="linear"`` to reproduce it. The reference abstains only for ``q > 1``.
+    ``quantile_method="linear"`` to reproduce it. The reference abstains only for ``ν + η > 1``.
 
     Parameters
     ----------

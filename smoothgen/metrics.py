@@ -1259,8 +1259,8 @@ def wasserstein1(
 
     ``method="exact"`` solves the linear program with POT's ``ot.emd2``:
 
-    .. math:: W_1(\hat\mu, \hat\nu) = \min_{\gamma \in \Pi(\frac{1}{n}\mathbf 1, \frac{1}{m}\mathbf 1)}
-              \sum_{i,j} \gamma_{ij}\, c(x_i, y_j)
+    .. math:: W_1(\hat\mu, \hat\nu) = \min_{\pi \in \Pi(\frac{1}{n}\mathbf 1, \frac{1}{m}\mathbf 1)}
+              \sum_{i,j} \pi_{ij}\, c(x_i, y_j)
 
     with ``c`` the ground metric: ``"euclidean"`` (ℓ₂, *not* squared; points are rows, trailing
     dimensions flattened, so images give the pixel ℓ₂), a callable ``metric(x, y) -> [n, m]`` on
@@ -1323,7 +1323,7 @@ def wasserstein1_torch(x: Tensor, y: Tensor, num_itermax: int | None = None) -> 
 
     The cost :math:`C_{ij} = \lVert x_i - y_j \rVert_2` is built with ``torch.cdist`` in float64 (on
     points centred on their joint mean) and passed to ``ot.emd2``, whose torch backend returns
-    :math:`\langle \gamma^\star, C \rangle` with gradient :math:`\gamma^\star` with respect to
+    :math:`\langle \pi^\star, C \rangle` with gradient :math:`\pi^\star` with respect to
     :math:`C` (a sub-gradient: the optimal plan is held fixed). Gradients then flow to ``x`` and
     ``y`` through ``cdist``, which, unlike ``ot.dist(metric="euclidean")``, gives 0 instead of NaN
     at coincident points. Trailing dimensions are flattened.

@@ -1,7 +1,9 @@
 """Gaussian smoothing noise on condition embeddings: isotropic, diagonal, low-rank and spiked.
 
-Every noise object describes a centred Gaussian ``N(0, Σ)`` over an embedding of shape ``E``
-(flattened to ``D = prod(E)`` coordinates wherever a matrix is involved) and offers
+Every noise object describes a centred Gaussian ``N(0, Σ)`` over a condition embedding of event shape
+``E`` (written ``*E`` in the shapes below: ``(E,)`` for a class embedding of dimension ``E``, ``(L, E)``
+for the ``L`` token rows of a prompt), flattened to ``d = prod(E)`` coordinates (``d = L·E`` for a
+prompt) wherever a matrix is involved, and offers
 
 - ``sample(shape, generator)`` / ``sample_(out, generator)``: draws through a passed
   ``torch.Generator`` only, on that generator's device, filled in place;
@@ -101,7 +103,7 @@ class Noise(ABC):
             )
 
     def _dim(self, dim: int | None) -> int:
-        """Return ``D = prod(event_shape)``, or ``dim`` when the noise accepts any shape."""
+        """Return ``d = prod(event_shape)``, or ``dim`` when the noise accepts any shape."""
         if self.event_shape is not None:
             return math.prod(self.event_shape)
         if dim is None or isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
@@ -166,11 +168,11 @@ class Noise(ABC):
 
     @abstractmethod
     def log_det(self, dim: int | None = None) -> float:
-        """``log det Σ`` (``dim`` = D is needed only when the noise has no ``event_shape``)."""
+        """``log det Σ`` (``dim`` = d is needed only when the noise has no ``event_shape``)."""
 
     @abstractmethod
     def covariance(self, dim: int | None = None) -> Tensor:
-        """The dense ``D × D`` covariance ``Σ`` over the flattened embedding (float64, CPU)."""
+        """The dense ``d × d`` covariance ``Σ`` over the flattened embedding (float64, CPU)."""
 
     def inscribed_radius(self, radius: float | np.ndarray) -> float | np.ndarray:
         """Largest ℓ₂ ball inside the ellipsoid ``‖Σ^{-1/2} δ‖₂ ≤ R``: radius ``R·λ_min(Σ)^{1/2}``.
@@ -184,9 +186,9 @@ class Noise(ABC):
         return float(r) if r.ndim == 0 else r
 
     def log_volume(self, radius: float, dim: int | None = None) -> float:
-        """``log vol{δ : ‖Σ^{-1/2} δ‖₂ ≤ R}`` in ``R^D``.
+        """``log vol{δ : ‖Σ^{-1/2} δ‖₂ ≤ R}`` in ``R^d``.
 
-        ``= (D/2)·log π − log Γ(D/2 + 1) + D·log R + ½·log det Σ`` (``-inf`` at ``R = 0``).
+        ``= (d/2)·log π − log Γ(d/2 + 1) + d·log R + ½·log det Σ`` (``-inf`` at ``R = 0``).
         """
         r = float(_check_radius(radius))
         d = self._dim(dim)
@@ -309,7 +311,7 @@ class DiagonalGaussianNoise(Noise):
 class LowRankGaussianNoise(Noise):
     """``N(0, σ² I + U Uᵀ)`` over the flattened embedding: isotropic plus a low-rank part.
 
-    Sampled as ``σ ε + U η`` with ``ε ~ N(0, I_D)``, ``η ~ N(0, I_k)`` independent (covariance
+    Sampled as ``σ ε + U ξ`` with ``ε ~ N(0, I_d)``, ``ξ ~ N(0, I_k)`` independent (covariance
     ``σ² I + U Uᵀ``). Whitening uses the thin SVD ``U = Q S Vᵀ`` (the Woodbury identity in U's
     singular basis, exact):
     ``Σ^{-1/2} δ = (δ − Q Qᵀ δ)/σ + Q diag((σ² + s_i²)^{-1/2}) Qᵀ δ``, hence
@@ -320,9 +322,9 @@ class LowRankGaussianNoise(Noise):
     sigma
         Isotropic standard deviation ``σ > 0`` (finite).
     factors
-        ``U``, shape ``(D, k)``, finite, ``D = prod(event_shape)``.
+        ``U``, shape ``(d, k)``, finite, ``d = prod(event_shape)``.
     event_shape
-        Embedding shape ``E`` (default ``(D,)``), e.g. ``(tokens, width)`` for prompt embeddings.
+        Embedding shape ``E`` (default ``(d,)``), e.g. ``(L, E)`` for the embeddings of a prompt of ``L`` tokens.
     dtype
         Sample dtype (default ``torch.float32``).
 
@@ -392,7 +394,7 @@ class LowRankGaussianNoise(Noise):
         return math.sqrt(self.sigma**2 + float(self._singular.max()) ** 2)
 
     def log_det(self, dim: int | None = None) -> float:
-        """``log det Σ = 2(D − r)·log σ + Σ_i log(σ² + s_i²)``, ``r = min(D, k)``."""
+        """``log det Σ = 2(d − r)·log σ + Σ_i log(σ² + s_i²)``, ``r = min(d, k)``."""
         d, r = self.factors.shape[0], self._singular.numel()
         return 2.0 * (d - r) * math.log(self.sigma) + float(torch.log(self.sigma**2 + self._singular**2).sum())
 
@@ -403,19 +405,19 @@ class LowRankGaussianNoise(Noise):
 class SpikedGaussianNoise(Noise):
     r"""``N(0, Σ)`` with ``Σ = a² (I − V Vᵀ) + V diag(b²) Vᵀ``: isotropic plus a rank-``k`` change.
 
-    ``V`` (``[D, k]``, orthonormal columns) spans a subspace with its own standard deviations
+    ``V`` (``[d, k]``, orthonormal columns) spans a subspace with its own standard deviations
     ``b_i`` (smaller or larger than ``a``); the complement has ``a``. Unlike
     :class:`LowRankGaussianNoise` (``σ²I + UUᵀ``, which can only add noise), this
     can also *remove* noise along ``V``: the shape needed when the sensitive directions are few.
 
-    Sampling: ``x = a ε + V((b − a) ⊙ Vᵀε)``, ``ε ~ N(0, I_D)`` (covariance as above).
-    Whitening: ``Σ^{-1/2}δ = (δ − VVᵀδ)/a + V(Vᵀδ / b)``; ``log det Σ = 2(D − k) log a + 2Σ log b_i``.
+    Sampling: ``x = a ε + V((b − a) ⊙ Vᵀε)``, ``ε ~ N(0, I_d)`` (covariance as above).
+    Whitening: ``Σ^{-1/2}δ = (δ − VVᵀδ)/a + V(Vᵀδ / b)``; ``log det Σ = 2(d − k) log a + 2Σ log b_i``.
 
     Raises
     ------
     ValueError
-        Non-positive ``a`` or ``b``, ``V`` not ``[D, k]`` with orthonormal columns (tolerance 1e-6),
-        ``k`` not matching ``b``, or ``prod(event_shape) != D``.
+        Non-positive ``a`` or ``b``, ``V`` not ``[d, k]`` with orthonormal columns (tolerance 1e-6),
+        ``k`` not matching ``b``, or ``prod(event_shape) != d``.
     """
 
     def __init__(self, isotropic: float, basis: Tensor, scales: Tensor, event_shape: Sequence[int] | None = None,

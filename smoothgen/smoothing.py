@@ -135,7 +135,7 @@ def _noisy(c: Tensor, rows: int, noise: Noise, generator: torch.Generator) -> Te
 def sample_base(base: Generator, c: Tensor, n: int, seed: int, batch_size: int = 64) -> Tensor:
     """``n`` outputs of the **unsmoothed** base at the fixed condition ``c`` (the σ = 0 reference).
 
-    ``base(c repeated b times, g)`` over batches of ``batch_size`` rows, one generator seeded
+    ``base(c repeated b times, generator)`` over batches of ``batch_size`` rows, one generator seeded
     ``seed`` on ``c``'s device driving the base's own randomness, under ``torch.inference_mode``.
     """
     _check_count("n", n)
@@ -303,7 +303,7 @@ class SmoothedGenerator:
     def _stream(
         self, c: Tensor, n: int, seed: int, device: DeviceLike, fn: Callable[[Tensor], Any] | None
     ) -> Iterator[Any]:
-        """Validate now, then lazily yield ``fn(base(c + ε, g))`` (or the raw outputs) per batch."""
+        """Validate now, then lazily yield ``fn(base(c + ε, generator))`` (or the raw outputs) per batch."""
         n = _check_count("n", n)
         c = _prepare_condition(c, self.noise, device)
         return self._batches(c, n, make_generator(seed, c.device), fn)
@@ -394,7 +394,7 @@ def _count_labels(
     batch_size: int,
     generator: torch.Generator,
 ) -> Tensor:
-    """Histogram (int64, on ``c``'s device) of ``label_fn(c + ε, g)`` over ``n`` batched draws.
+    """Histogram (int64, on ``c``'s device) of ``label_fn(c + ε, generator)`` over ``n`` batched draws.
 
     Out-of-range labels are tallied on the device and reported after the loop (no per-batch sync).
     """

@@ -103,7 +103,7 @@ def legend_column(axes: Sequence[plt.Axes], slot: plt.Axes, **kwargs: object) ->
 
 # ----------------------------------------------------------------------------- generators.md, Wasserstein
 def certificate_curves() -> Path:
-    """TV bound and NP interval against r/σ; W1-certified radius against ε/D (all from smoothgen.certify)."""
+    """TV bound and NP interval against r/σ; W1-certified radius against ω/D (all from smoothgen.certify)."""
     fig, (left, right) = figure()
     ratio = np.linspace(0.0, 3.0, 301)
     p = 0.9
@@ -118,8 +118,8 @@ def certificate_curves() -> Path:
     left.legend(loc="upper center", ncol=2, handlelength=2.2, columnspacing=0.8)
     eps = np.linspace(0.0, 0.99, 300)
     right.plot(eps, [certify.certified_radius(e, 1.0, 1.0) for e in eps], color=C_CERT)
-    right.set_xlabel(r"$\epsilon / D$")
-    right.set_ylabel(r"$R_W(\epsilon)/\sigma$")
+    right.set_xlabel(r"$\omega / D$")
+    right.set_ylabel(r"$R_W(\omega)/\sigma$")
     fig.tight_layout()
     return save_svg(fig, "certificate_curves.svg")
 
@@ -207,7 +207,7 @@ def maximal_coupling() -> Path:
 
 # ----------------------------------------------------------------------------- classifiers.md, NP
 def np_worst_case() -> Path:
-    """The half-space S = {⟨z − x, δ⟩/‖δ‖ ≤ σΦ⁻¹(p_A)} holds p_A under N(x, σ²I), less under N(x + δ, σ²I)."""
+    """The half-space S = {u : ⟨u − x, δ⟩/‖δ‖ ≤ σΦ⁻¹(p_A)} holds p_A under N(x, σ²I), less under N(x + δ, σ²I)."""
     sigma, shift, p_a = 1.0, 1.2, 0.8
     threshold = sigma * norm.ppf(p_a)
     lower, _ = certify.np_bounds(p_a, shift, sigma)
@@ -241,7 +241,7 @@ def np_worst_case() -> Path:
     right.plot(s, p, color=C_CLEAN, label=r"$P = N(x, \sigma^2 I)$")
     right.plot(s, q, "--", color=C_SHIFT, label=r"$Q = N(x + \delta, \sigma^2 I)$")
     right.axvline(threshold, color=C_CERT, lw=1.5)
-    right.set_xlabel(r"$\langle z - x, \delta\rangle / \|\delta\|$" + rf"  ($\|\delta\| = {shift:g}\sigma$)")
+    right.set_xlabel(r"$\langle u - x, \delta\rangle / \|\delta\|$" + rf"  ($\|\delta\| = {shift:g}\sigma$)")
     right.set_ylabel("density")
     right.set_ylim(0, 0.98)
     right.legend(loc="upper left", fontsize=10)
@@ -260,7 +260,7 @@ def _banana(embeddings: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 def _center(smoothed: SmoothedGenerator, c: torch.Tensor, radius: float, sigma: float, delta: float,
             seed: int) -> tuple[np.ndarray, np.ndarray, certify.CenterCertificate, float]:
-    """Samples, the center ẑ and certify.center_certificate from three independent batches."""
+    """Samples, the center ŷ and certify.center_certificate from three independent batches."""
     samples = smoothed.sample(c, n=1000, seed=seed).double()
     pairwise = l2_distances(samples, samples)
     check = smoothed.sample(c, n=1000, seed=seed + 1).double()
@@ -299,15 +299,15 @@ def center_smoothing() -> Path:
         ax.set_xlabel(r"$y_1$")
     axes[0].set_ylabel(r"$y_2$")
     axes[0].add_patch(Circle(z, cert.median_radius, fill=False, color=C_CLEAN, ls="--", lw=1.6,
-                             label=r"median ball $B(\hat z, \hat r)$"))
+                             label=r"median ball $B(\hat y, \hat r)$"))
     axes[0].add_patch(Circle(z, r_q, fill=False, color=C_CERT, ls="--", lw=1.6,
-                             label=r"$B(\hat z, \hat R)$, mass $\geq q$"))
+                             label=r"$B(\hat y, \hat R)$, mass $\geq \nu$"))
     axes[1].add_patch(Circle(z, r_q, fill=False, color=C_CERT, ls="--", lw=1.2))
     axes[1].add_patch(Circle(z, cert.radius, fill=False, color=C_CERT, lw=2.2,
-                             label=r"certified ball $B(\hat z, 3\hat R)$"))
-    axes[0].plot(*z, "*", ms=12, color="black", label=r"center $\hat z$ at $c$")
+                             label=r"certified ball $B(\hat y, 3\hat R)$"))
+    axes[0].plot(*z, "*", ms=12, color="black", label=r"center $\hat y$ at $c$")
     axes[1].plot(*z, "*", ms=12, color="black")
-    axes[1].plot(*z2, "*", ms=12, color=C_EXIT, label=r"center $\hat z'$ at $c + \delta$")
+    axes[1].plot(*z2, "*", ms=12, color=C_EXIT, label=r"center $\hat y'$ at $c + \delta$")
     legend_column(axes[:2], axes[2], markerscale=1.0)
     fig.tight_layout(w_pad=0.4)
     return save_svg(fig, "center_smoothing.svg")
@@ -315,7 +315,7 @@ def center_smoothing() -> Path:
 
 # ----------------------------------------------------------------------------- meaningful.md, σ√E
 def sigma_sqrt_e() -> Path:
-    """Noise norm σ√E against the class gap g as E grows, at σ = g/8; the certifiable radius stays ~σ."""
+    """Noise norm σ√E against the class gap γ as E grows, at σ = γ/8; the certifiable radius stays ~σ."""
     gap, sigma = 1.0, 1.0 / 8.0
     alpha, n = 1e-3, 100_000
     # The largest radius any n-draw certificate can give: all n draws hit, p̲ = α^(1/n), R = σΦ⁻¹(p̲).
@@ -344,8 +344,8 @@ def sigma_sqrt_e() -> Path:
     left.set_xlim(1, 4096)
     left.set_ylim(3e-3, 20)
     left.set_xlabel(r"embedding dimension $E$")
-    left.set_ylabel(r"distance / $g$")
-    left.set_title(r"noise at $\sigma = g/8$", fontsize=10)
+    left.set_ylabel(r"distance / $\gamma$")
+    left.set_title(r"noise at $\sigma = \gamma/8$", fontsize=10)
 
     bins = np.logspace(-2.5, 1.3, 150)
     for e, color, name in ((2, C_GREY, r"$E = 2$"), (128, C_CLEAN, r"$128$"), (1280, COLORS[4], r"$1280$")):
@@ -355,14 +355,14 @@ def sigma_sqrt_e() -> Path:
     right.set_xscale("log")
     right.set_xlim(10 ** -2.5, 20)
     right.set_yticks([])
-    right.set_xlabel(r"$\|\varepsilon\| / g$")
+    right.set_xlabel(r"$\|\varepsilon\| / \gamma$")
     right.set_ylabel("draws")
     right.set_title(r"$\|\varepsilon\|$ concentrates at $\sigma\sqrt{E}$", fontsize=10)
     right.set_ylim(0, right.get_ylim()[1] * 1.15)
 
     handles, labels = left.get_legend_handles_labels()
     lines = [plt.Line2D([], [], color=C_EXIT, lw=1.5), plt.Line2D([], [], color=C_CERT, lw=1.8, ls="--")]
-    fig.legend(handles + lines, labels + [r"class gap $g$",
+    fig.legend(handles + lines, labels + [r"class gap $\gamma$",
                                           r"largest certifiable radius ($n = 10^5$, $\alpha = 10^{-3}$)"],
                loc="lower center", ncol=2, fontsize=10, bbox_to_anchor=(0.5, -0.02), handlelength=3.0,
                columnspacing=1.2, frameon=False)
@@ -448,8 +448,8 @@ def voronoi_projection() -> Path:
     right.axvline(0.5, color=C_EXIT, lw=1.2, ls=":")
     right.text(cert.identity_radius / gap, 1.0, r" $\sigma\Phi^{-1}(\underline{p})$", color=C_CERT, va="top",
                ha="right", fontsize=10)
-    right.text(0.5, 0.5, r" $g/2$", color=C_EXIT, va="center", ha="left", fontsize=10)
-    right.set_xlabel(r"$r / g$")
+    right.text(0.5, 0.5, r" $\gamma/2$", color=C_EXIT, va="center", ha="left", fontsize=10)
+    right.set_xlabel(r"$r / \gamma$")
     right.set_ylabel(r"$\mathrm{TV}(P_c, P_{c+\delta})$")
     right.set_ylim(0, 1.02)
     right.set_xlim(0, 0.6)
