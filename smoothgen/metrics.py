@@ -41,7 +41,6 @@ normalised token edit distance).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import math
@@ -60,6 +59,8 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.text import BLEUScore, ROUGEScore
+
+from smoothgen.models.checkpoints import sha256_file
 
 LOCAL = {"sync_on_compute": False}
 """torchmetrics keyword for every metric here: a value is over the samples this process was handed. Without
@@ -340,16 +341,8 @@ def _locate_weights(weights_path: str | Path | None) -> Path | None:
     return next((path for path in _hub_weights_paths() if path.is_file()), None)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify_weights(path: Path) -> Path:
-    found = _sha256(path)
+    found = sha256_file(path)
     if found != INCEPTION_WEIGHTS_SHA256:
         raise InceptionWeightsError(
             f"the Inception weights file {path} fails its sha256 check: expected {INCEPTION_WEIGHTS_SHA256}, "
