@@ -306,3 +306,18 @@ def test_the_banner_states_alpha_and_a_dirty_tree() -> None:
     line = banner(meta)
     assert "`0123456789+dirty`" in line and "α = 0.001" in line
     assert "α" not in banner({**meta, "git_dirty": False, "params": {}}) and "+dirty" not in banner({**meta, "git_dirty": False})
+
+
+def test_results_record_the_commit_the_run_started_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that outlives a commit records the code it imported at its start, not the later HEAD."""
+    from smoothgen import results
+    from smoothgen.experiments import common
+
+    monkeypatch.setenv("SMOOTHGEN_RESULTS", str(tmp_path))
+    monkeypatch.setattr(common, "git_commit", lambda: "a" * 40)
+    monkeypatch.setattr(common, "git_dirty", lambda: True)
+    clock = common.Stopwatch()
+    monkeypatch.setattr(results, "git_commit", lambda: "b" * 40)  # HEAD moved during the run
+    monkeypatch.setattr(results, "git_dirty", lambda: False)
+    meta = common.finish("99_test", {"preset": "smoke"}, {}, seed=0, data_variant=None, clock=clock).meta
+    assert (meta["git_commit"], meta["git_dirty"]) == ("a" * 40, True)

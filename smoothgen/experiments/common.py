@@ -12,7 +12,7 @@ import pandas as pd
 
 from smoothgen import attacks as A
 from smoothgen import distributed
-from smoothgen.results import results_dir, results_root, run_meta, write_json, write_table
+from smoothgen.results import git_commit, git_dirty, results_dir, results_root, run_meta, write_json, write_table
 
 
 @dataclass
@@ -29,10 +29,13 @@ class StudyResult:
 
 
 class Stopwatch:
-    """Wall time since creation, in seconds."""
+    """Wall time since creation, in seconds, and the code's provenance at that moment (``git``: commit and
+    dirty flag). A run executes the code it imported when it started, so that is the commit its results
+    record, not the one checked out when it finishes."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
+        self.git = {"git_commit": git_commit(), "git_dirty": git_dirty()}
 
     @property
     def elapsed(self) -> float:
@@ -50,7 +53,7 @@ def finish(experiment: str, params: dict[str, Any], tables: dict[str, pd.DataFra
     preset, (_, ranks) = params["preset"], distributed.world()
     tables = {name: table.assign(preset=preset, seed=seed) for name, table in tables.items()}
     meta = run_meta(params, preset=preset, seed=seed, data_variant=data_variant, wall_time_s=clock.elapsed,
-                    experiment=experiment, tables=sorted(tables), world_size=ranks, **extra)
+                    experiment=experiment, tables=sorted(tables), world_size=ranks, **extra, **clock.git)
     out = results_root() / experiment / preset
     if distributed.is_writer():
         out = results_dir(experiment, preset)
