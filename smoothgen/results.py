@@ -124,11 +124,13 @@ def package_versions() -> dict[str, str]:
 
 
 def run_meta(params: dict[str, Any], *, preset: str, seed: int, data_variant: str | None,
-             wall_time_s: float, **extra: Any) -> dict[str, Any]:
-    """The provenance record that goes next to every results table."""
+             wall_time_s: float, git: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """The provenance record that goes next to every results table; ``git`` is the ``git_commit`` /
+    ``git_dirty`` pair to record (read now when not given)."""
+    git = git or {"git_commit": git_commit(), "git_dirty": git_dirty()}
     return {
         "params": params, "preset": preset, "seed": seed, "data_variant": data_variant,
-        "wall_time_s": round(float(wall_time_s), 3), "git_commit": git_commit(), "git_dirty": git_dirty(),
+        "wall_time_s": round(float(wall_time_s), 3), **git,
         "versions": package_versions(), "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra,

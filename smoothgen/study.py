@@ -238,29 +238,20 @@ def data_help(names: Iterable[str]) -> str:
                               "(default: data/ in the repository)."])
 
 
-def _absent_dirs(path: Path) -> list[Path]:
-    """``path`` and those of its parents that do not exist, deepest first."""
-    return [p for p in (path, *path.parents) if not p.exists()]
-
-
 def fetch_data(names: Iterable[str]) -> None:
     """Download the datasets ``names`` from their official sources into the data root (checksums verified).
 
     Raises
     ------
     DataMissingError
-        If a download fails; the folders it created are removed again (when empty), so nothing
-        half-made is left behind.
+        If a download fails; the loaders write atomically and remove the folders they made (when empty),
+        so nothing half-made is left behind.
     """
     for name in names:
         dataset = DATASETS[name]
-        created = _absent_dirs(data_root() / dataset.folder)
         try:
             dataset.fetch()
         except (OSError, ValueError) as err:  # ConnectionError, ChecksumError
-            for folder in created:
-                with contextlib.suppress(OSError):  # not empty: keep what was fetched and verified
-                    folder.rmdir()
             raise DataMissingError(f"could not fetch {dataset.title}: {err}\n{data_help([name])}") from err
 
 

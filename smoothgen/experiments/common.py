@@ -53,7 +53,7 @@ def finish(experiment: str, params: dict[str, Any], tables: dict[str, pd.DataFra
     preset, (_, ranks) = params["preset"], distributed.world()
     tables = {name: table.assign(preset=preset, seed=seed) for name, table in tables.items()}
     meta = run_meta(params, preset=preset, seed=seed, data_variant=data_variant, wall_time_s=clock.elapsed,
-                    experiment=experiment, tables=sorted(tables), world_size=ranks, **extra, **clock.git)
+                    experiment=experiment, tables=sorted(tables), world_size=ranks, git=clock.git, **extra)
     out = results_root() / experiment / preset
     if distributed.is_writer():
         out = results_dir(experiment, preset)
