@@ -206,8 +206,8 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "01_smoothing_classifiers": {
         "smoke": {"seed": 0, "sigmas": [0.25], "n_images": 3, "stride": 1000, "n0": 10, "n": 50,
                   "alpha": 0.001, "batch_size": 64, "radii": [0.0, 0.25, 0.5], "device": None},
-        "cpu": {"seed": 0, "sigmas": [0.12, 0.25, 0.5], "n_images": 50, "stride": 200, "n0": 50, "n": 1000,
-                "alpha": 0.001, "batch_size": 525, "radii": _RADII, "device": None},
+        "cpu": {"seed": 0, "sigmas": [0.12, 0.25, 0.5], "n_images": 100, "stride": 100, "n0": 100, "n": 10_000,
+                "alpha": 0.001, "batch_size": 1010, "radii": _RADII, "device": None},
         "gpu": {"seed": 0, "sigmas": [0.12, 0.25, 0.5], "n_images": 500, "stride": 20, "n0": 100, "n": 100_000,
                 "alpha": 0.001, "batch_size": 2000, "radii": _RADII, "device": None},
     },
