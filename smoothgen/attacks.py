@@ -102,6 +102,7 @@ __all__ = [
     "continuation_nll",
     "eot_outputs",
     "farthest_in_box",
+    "first_on_grid",
     "is_violation",
     "mean_estimate",
     "mean_shift",
@@ -117,6 +118,7 @@ __all__ = [
     "stein_gradient",
     "step_schedule",
     "token_flip",
+    "toward_nearest",
     "w1_shift",
     "with_fixed_noise",
 ]
@@ -794,6 +796,44 @@ def breakdown_radius(
         low, high, best = (low, 0.5 * (low + high), found) if found is not None else (0.5 * (low + high), high, best)
     delta = _refine(objective, center, best, threshold, scale_steps)
     return Breakdown(float(_flat_norm(delta.unsqueeze(0), norm, 1)[0]), grid[hi], delta, tuple(tried))
+
+
+def first_on_grid(succeeds: Callable[[float], bool], radii: Sequence[float]) -> tuple[float, int]:
+    """Smallest radius of the sorted grid ``radii`` at which ``succeeds(r)`` holds, by bisection
+    (``⌈log₂ len⌉ + 1`` calls, assuming success is monotone in ``r``); ``inf`` when the largest fails.
+
+    Returns the radius and the number of calls made.
+    """
+    grid = sorted(float(r) for r in radii)
+    if not grid or grid[0] <= 0 or not all(math.isfinite(r) for r in grid):
+        raise ValueError(f"radii must be a non-empty grid of finite radii > 0, got {radii!r}")
+    if not succeeds(grid[-1]):
+        return math.inf, 1
+    lo, hi, calls = -1, len(grid) - 1, 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi, calls = (lo, mid, calls + 1) if succeeds(grid[mid]) else (mid, hi, calls + 1)
+    return grid[hi], calls
+
+
+def toward_nearest(codebook: Tensor, ids: Tensor | Sequence[int], radius: float) -> Tensor:
+    r"""The straight move toward other codebook rows: ``δ = r · D / ‖D‖_F`` with
+    ``D_l = w_{v_l} − w_{k_l}``, ``k = ids`` and ``v_l = argmin_{v ≠ k_l} ‖w_v − w_{k_l}‖₂``.
+
+    For a class embedding (``ids = [label]``) it heads for the nearest other class, for a prompt
+    (``ids`` its tokens) it moves every token toward its nearest other token: the semantic
+    direction an adversary would try first. Returns ``δ`` ``[len(ids), d]`` (float64, ``‖δ‖ = r``).
+    """
+    w = codebook.detach().to(torch.float64)
+    k = torch.as_tensor(ids, device=w.device).long().reshape(-1)
+    if w.ndim != 2 or w.shape[0] < 2 or k.numel() < 1 or int(k.min()) < 0 or int(k.max()) >= w.shape[0]:
+        raise ValueError(f"need a codebook [V >= 2, d] and ids in [0, V), got {tuple(w.shape)} and {k.tolist()}")
+    if not (math.isfinite(radius) and radius >= 0):
+        raise ValueError(f"radius must be finite and >= 0, got {radius!r}")
+    dist = torch.cdist(w[k], w)
+    dist[torch.arange(k.numel()), k] = math.inf
+    direction = w[dist.argmin(dim=1)] - w[k]
+    return radius * direction / direction.norm()
 
 
 # --------------------------------------------------------------------------------------------

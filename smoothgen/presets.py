@@ -160,11 +160,15 @@ _ATTACKS_BASE = {
     "toy_dim": 8, "toy_sigma": 0.5, "toy_restarts": 2, "toy_pgd_steps": 20, "toy_n_eot": 64, "toy_n_cert": 20_000,
     # σ relative to the mean class-embedding norm: the noise's norm is σ·√128 ≈ 11σ, so σ_rel = 0.01 already
     # perturbs the embedding by ~11 % of its length (σ_rel = 0.03 drops class-consistency below 0.5).
-    "cifar_sigma_rel": 0.01, "cifar_guidance_scale": None, "cifar_restarts": 1,
+    "cifar_sigma_rel": 0.01, "cifar_guidance_scale": None, "cifar_restarts": 3,
     "cifar_radii_rel": [0.005, 0.015, 0.04],
     "cifar_breakdown_grid_rel": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4],
-    "ptb_prompt_len": 5, "ptb_sigma_rel": 0.02, "ptb_restarts": 1,
-    "ptb_radii_rel": [0.005, 0.02, 0.05],
+    # the smoothed model's own breakdown: along the straight line to the nearest class, in half gaps (the
+    # midpoint between the two class embeddings is at 1); PTB: PGD-EOT, in median nearest-token distances
+    "cifar_smoothed_grid_rel": [0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0],
+    "ptb_smoothed_grid_rel": [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0],
+    "ptb_prompt_len": 5, "ptb_sigma_rel": 0.02, "ptb_restarts": 3,
+    "ptb_radii_rel": [0.005, 0.02, 0.05, 0.1],
     "ptb_breakdown_grid_rel": [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4],
     # the projection front-end's certificate under attack, at notebook 08's chosen σ (CIFAR-10: over the
     # smallest half class gap; PTB: over the median nearest-token distance); radii over each class's own
@@ -253,7 +257,10 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "06_attacks": {
         "smoke": {**_ATTACKS_BASE, "toy_trials": 200, "toy_n_cert": 2000, "toy_pgd_steps": 10,
-                  "cifar_classes": [0], "cifar_radii_rel": [0.005, 0.04], "cifar_sample_steps": 2, "cifar_batch_size": 16,
+                  "cifar_classes": [0, 1], "cifar_pgd": {"class_consistency": [0], "mean_shift": [1]},
+                  "cifar_radii_rel": [0.04], "cifar_sample_steps": 2, "cifar_batch_size": 16, "cifar_restarts": 1,
+                  "cifar_n_breakdown": 8, "cifar_smoothed_grid_rel": [0.1, 1.0], "ptb_smoothed_grid_rel": [0.05, 0.5],
+                  "ptb_restarts": 1, "ptb_black_box_draws": 4,
                   "cifar_n_cert": 16, "cifar_n_pilot": 4, "cifar_n_fresh": 8, "cifar_n_eot": 2, "cifar_pgd_steps": 2,
                   "cifar_base_noises": 1, "cifar_base_pgd_steps": 2, "cifar_breakdown_grid_rel": [0.005, 0.1],
                   "ptb_prompts": 1, "ptb_steps": 3, "ptb_radii_rel": [0.005, 0.05], "ptb_n0": 4, "ptb_n": 16,
@@ -262,20 +269,27 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "cell_ptb_radii_rel": [0.1], "cell_pgd_steps": 3, "cell_restarts": 1, "cell_n_cert": 2000,
                   "cell_n_fresh": 2000, "cell_ptb_n": 200, "cell_ptb_prompts": 1, "cell_n_images": 4,
                   "cell_n_texts": 8},
+        # the certificates and the attacks use the same 5-step sampler; every white-box attack runs 20 PGD
+        # steps x 3 restarts x 8 EOT draws and is judged on 256 fresh samples. What 2 CPU cores cannot pay
+        # for (about 140 s per CIFAR-10 PGD run): one radius on CIFAR-10 and the mean-shift objective on two
+        # classes (the class-consistency objective and the straight move run on all ten)
         "cpu": {**_ATTACKS_BASE, "toy_trials": 1000,
-                "cifar_classes": [1, 3, 5, 8], "cifar_sample_steps": 5,
-                "cifar_batch_size": 64, "cifar_n_cert": 128, "cifar_n_pilot": 8, "cifar_n_fresh": 32, "cifar_n_eot": 4,
-                "cifar_pgd_steps": 4, "cifar_base_noises": 2, "cifar_base_pgd_steps": 8,
-                "ptb_prompts": 10, "ptb_steps": 8, "ptb_n0": 32, "ptb_n": 300,
-                "ptb_n_eot": 32, "ptb_pgd_steps": 10, "ptb_n_fresh": 300, "ptb_batch_size": 400,
+                "cifar_classes": list(range(10)), "cifar_pgd": {"class_consistency": list(range(10)), "mean_shift": [3, 8]},
+                "cifar_radii_rel": [0.04], "cifar_sample_steps": 5, "cifar_n_breakdown": 32,
+                "cifar_batch_size": 64, "cifar_n_cert": 128, "cifar_n_pilot": 8, "cifar_n_fresh": 256, "cifar_n_eot": 8,
+                "cifar_pgd_steps": 20, "cifar_base_noises": 2, "cifar_base_pgd_steps": 8,
+                "ptb_prompts": 40, "ptb_steps": 8, "ptb_n0": 32, "ptb_n": 300, "ptb_black_box_draws": 32,
+                "ptb_n_eot": 16, "ptb_pgd_steps": 20, "ptb_n_fresh": 300, "ptb_batch_size": 400,
                 "ptb_base_pgd_steps": 10},
         "gpu": {**_ATTACKS_BASE, "toy_trials": 10_000, "toy_restarts": 4, "toy_pgd_steps": 50, "toy_n_cert": 100_000,
                 "cifar_classes": list(range(10)), "cifar_radii_rel": [0.0025, 0.005, 0.01, 0.02, 0.04, 0.08],
+                "cifar_pgd": {"class_consistency": list(range(10)), "mean_shift": list(range(10))},
+                "cifar_n_breakdown": 1000, "ptb_black_box_draws": 128,
                 "cifar_sample_steps": 20, "cifar_batch_size": 500, "cifar_n_cert": 5000, "cifar_n_pilot": 200,
-                "cifar_n_fresh": 2000, "cifar_n_eot": 32, "cifar_pgd_steps": 20, "cifar_restarts": 2,
+                "cifar_n_fresh": 2000, "cifar_n_eot": 32, "cifar_pgd_steps": 20, "cifar_restarts": 3,
                 "cifar_base_noises": 8, "cifar_base_pgd_steps": 20, "refine_steps": 4,
                 "ptb_prompts": 200, "ptb_steps": 10, "ptb_n0": 100, "ptb_n": 10_000, "ptb_n_eot": 128,
-                "ptb_pgd_steps": 30, "ptb_restarts": 2, "ptb_n_fresh": 10_000, "ptb_batch_size": 5000,
+                "ptb_pgd_steps": 30, "ptb_restarts": 3, "ptb_n_fresh": 10_000, "ptb_batch_size": 5000,
                 "ptb_base_pgd_steps": 20, "cell_pgd_steps": 50, "cell_restarts": 4, "cell_n_cert": 1_000_000,
                 "cell_n_fresh": 1_000_000, "cell_ptb_n": 100_000, "cell_ptb_prompts": 200, "cell_n_images": 1000,
                 "cell_n_texts": 1000},

@@ -420,6 +420,8 @@ SMOKE = {
     "refine_steps": 0, "toy_dim": 8, "toy_sigma": 0.5, "toy_restarts": 2, "toy_pgd_steps": 10, "toy_n_eot": 64,
     "toy_n_cert": 2000, "toy_trials": 200, "cifar_sigma_rel": 0.1, "cifar_guidance_scale": None, "cifar_restarts": 1,
     "cifar_classes": [0], "cifar_radii_rel": [0.005, 0.04], "cifar_breakdown_grid_rel": [0.005, 0.1],
+    "cifar_pgd": {"class_consistency": [0], "mean_shift": [0]}, "cifar_n_breakdown": 8,
+    "cifar_smoothed_grid_rel": [0.1, 1.0], "ptb_smoothed_grid_rel": [0.05, 0.5], "ptb_black_box_draws": 4,
     "cifar_sample_steps": 2, "cifar_batch_size": 16, "cifar_n_cert": 16, "cifar_n_pilot": 4, "cifar_n_fresh": 8,
     "cifar_n_eot": 2, "cifar_pgd_steps": 2, "cifar_base_noises": 1, "cifar_base_pgd_steps": 2, "ptb_prompt_len": 5,
     "ptb_sigma_rel": 0.25, "ptb_restarts": 1, "ptb_prompts": 1, "ptb_steps": 3, "ptb_radii_rel": [0.25, 1.0],
@@ -451,7 +453,11 @@ def test_experiment_runs_on_random_tiny_models_and_writes_the_trials_table(tmp_p
     trials = pd.read_csv(tmp_path / "06_attacks" / "smoke" / "trials.csv")
     assert set(A.TRIAL_COLUMNS) <= set(trials.columns)
     assert set(trials["dataset"]) == {"toy-probit", "cifar10", "ptb"}
-    assert len(trials) == 2 * 2 * 200 + 2 * 3 + 2  # toys: two attacks (white-box EOT, black-box Stein) x two certificates
+    # toys: two attacks (white-box EOT, black-box Stein) x two certificates; CIFAR-10 per radius: class PGD (1
+    # certificate), mean-shift PGD (2) and the straight move (3); PTB per radius: white-box, black-box, straight move
+    assert len(trials) == 2 * 2 * 200 + 2 * (1 + 2 + 3) + 2 * 3
+    assert set(trials.loc[trials["dataset"] == "ptb", "attack"]) == {"pgd-eot-token", "stein-black-box",
+                                                                     "toward-nearest-token"}
     assert not trials[["achieved", "achieved_stderr", "achieved_lower", "certified"]].isna().any().any()
     assert (trials["achieved_lower"] <= trials["achieved"] + 1e-12).all()
     assert not trials["violation"].any()
@@ -464,9 +470,36 @@ def test_experiment_runs_on_random_tiny_models_and_writes_the_trials_table(tmp_p
                                                      "class_consistency", "token_np"}
     images = result.extras["images"]
     assert len(images["attacked_samples"]) == 2 * 3 and images["center_samples"][0].shape == (8, 3, 32, 32)
+    smoothed = result["smoothed_breakdown"]
+    assert list(smoothed["dataset"]) == ["cifar10", "ptb"] and not smoothed["violation"].any()
+    assert (smoothed["smoothed_certified_radius"] <= smoothed["smoothed_breakdown_radius"]).all()
     assert len(result["texts"]) == 1
     cell = result["cell_trials"]
     assert set(cell["dataset"]) == {"cifar10", "ptb"} and not cell["violation"].any()
+
+
+def test_first_on_grid_bisects_to_the_smallest_success_and_counts_its_calls() -> None:
+    grid = [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4]
+    calls = []
+    radius, n = A.first_on_grid(lambda r: calls.append(r) or r >= 0.5, grid)
+    assert radius == 0.8 and n == len(calls) <= 4
+    assert A.first_on_grid(lambda r: False, grid) == (math.inf, 1)
+    assert A.first_on_grid(lambda r: True, grid)[0] == 0.1
+    with pytest.raises(ValueError, match="radii"):
+        A.first_on_grid(lambda r: True, [0.0, 1.0])
+
+
+def test_toward_nearest_moves_each_row_toward_its_nearest_other_row_with_the_given_norm() -> None:
+    book = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0], [-2.0, 0.0]], dtype=torch.float64)
+    delta = A.toward_nearest(book, [0], 0.5)
+    assert torch.allclose(delta, torch.tensor([[0.5, 0.0]], dtype=torch.float64))
+    both = A.toward_nearest(book, [2, 3], 2.0)  # 2 -> 0 (dist 3 < sqrt 10) and 3 -> 0 (dist 2): D = [[0, -3], [2, 0]]
+    expected = torch.tensor([[0.0, -3.0], [2.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(both, 2.0 * expected / expected.norm()) and float(both.norm()) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="ids"):
+        A.toward_nearest(book, [4], 1.0)
+    with pytest.raises(ValueError, match="radius"):
+        A.toward_nearest(book, [0], -1.0)
 
 
 # ----------------------------------------------------------------------------- the projection front-end's cells

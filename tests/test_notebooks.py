@@ -102,7 +102,10 @@ def _check_attacks(tables: dict[str, pd.DataFrame]) -> None:
     assert (t["achieved_lower"] <= t["achieved"] + 1e-12).all() and not t["violation"].any()
     toy = t[t["dataset"] == "toy-probit"]
     assert (toy["achieved"] <= toy["worst_case"] + 1e-12).all()
-    assert set(tables["robustness"]["curve"]) == {"base: broken by PGD", "smoothed: not certified"}
+    assert set(tables["robustness"]["curve"]) == {"base: broken by PGD", "smoothed: broken by attack",
+                                                  "smoothed: not certified"}
+    smoothed = tables["smoothed_breakdown"]
+    assert (smoothed["smoothed_certified_radius"] <= smoothed["smoothed_breakdown_radius"]).all()
     cell = tables["cell_trials"]
     assert set(cell["dataset"]) == {"cifar10", "ptb"} and not cell["violation"].any()
     assert cell["certificate"].str.contains("end to end").any() and (cell["certified"] <= 1).all()

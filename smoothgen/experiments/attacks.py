@@ -207,6 +207,7 @@ class CifarCondition:
 
     label: int
     center: torch.Tensor
+    toward: torch.Tensor
     smoothed: SmoothedGenerator
     sigma: float
     distances: np.ndarray
@@ -221,8 +222,11 @@ def _classify(evaluator: CifarResNet, images: torch.Tensor, batch: int = 256) ->
 
 
 def cifar_condition(models: Models, label: int, sigma: float, params: dict[str, Any]) -> CifarCondition:
-    """Certificate samples, pilot reference and fresh samples at class ``label`` (three independent seeds)."""
-    center = models.diffusion.conditions()[label]
+    """Certificate samples, pilot reference and fresh samples at class ``label`` (three independent seeds),
+    and the unit direction toward the nearest other class embedding."""
+    table = models.diffusion.conditions()
+    center = table[label]
+    toward = A.toward_nearest(table, [label], 1.0)[0].to(center.dtype)
     smoothed = SmoothedGenerator(models.diffusion, GaussianNoise(sigma, event_shape=center.shape),
                                  params["cifar_batch_size"])
     seed = params["seed"] + 1000 * label
@@ -231,19 +235,28 @@ def cifar_condition(models: Models, label: int, sigma: float, params: dict[str, 
     distances = ((images.flatten(1).double() - reference.flatten().double()).norm(dim=1) / RMS).cpu().numpy()
     consistent = (_classify(models.evaluator, images) == label).cpu().numpy()
     fresh = smoothed.sample(center, params["cifar_n_fresh"], seed=seed + 2)
-    return CifarCondition(label, center, smoothed, sigma, distances, consistent, images.cpu(), fresh)
+    return CifarCondition(label, center, toward, smoothed, sigma, distances, consistent, images.cpu(), fresh)
 
 
-def _cifar_objectives(models: Models, cond: CifarCondition, crn: A.CommonNoise) -> dict[str, A.Objective]:
-    """The three EOT objectives on common draws ``crn`` (clean outputs computed once)."""
+STRENGTH = ("cifar_pgd_steps", "cifar_restarts", "cifar_n_eot", "cifar_sample_steps", "cifar_n_fresh",
+            "cifar_n_breakdown", "ptb_pgd_steps", "ptb_restarts", "ptb_n_eot", "ptb_black_box_draws", "ptb_steps",
+            "ptb_n_fresh")
+"""The parameters that size the attacks and their judges, repeated in ``overview.json`` for the book's prose."""
+
+JUDGED = {"mean_shift": ("wasserstein", "mean_band"), "class_consistency": ("class_consistency",)}
+"""The certificates each white-box objective is judged against: the mean-image shift is what the W₁ and
+the mean-band trials measure on fresh samples, so one attack on it serves both."""
+
+
+def _cifar_objectives(models: Models, cond: CifarCondition, crn: A.CommonNoise,
+                      names: list[str]) -> dict[str, A.Objective]:
+    """The EOT objectives ``names`` on common draws ``crn`` (clean outputs computed once)."""
     fn = models.diffusion.sample_from_noise
     with torch.no_grad():
         clean = A.eot_outputs(fn, crn, cond.center.unsqueeze(0))[0]
-    return {
-        "wasserstein": A.smoothed_objective(fn, crn, A.w1_shift(clean)),
-        "mean_band": A.smoothed_objective(fn, crn, A.mean_shift(clean.mean(0))),
-        "class_consistency": A.smoothed_objective(fn, crn, A.class_drop(models.evaluator, cond.label)),
-    }
+    statistics = {"mean_shift": lambda: A.mean_shift(clean.mean(0)),
+                  "class_consistency": lambda: A.class_drop(models.evaluator, cond.label)}
+    return {name: A.smoothed_objective(fn, crn, statistics[name]()) for name in names}
 
 
 def _judge(models: Models, cond: CifarCondition, certificate: str, fresh: torch.Tensor, radius: float,
@@ -271,25 +284,65 @@ def _judge(models: Models, cond: CifarCondition, certificate: str, fresh: torch.
     return A.shifted(est, float(mc.mean) - 1.0), float(mc.mean) - float(mc.lower)
 
 
+def _judge_delta(models: Models, cond: CifarCondition, delta: torch.Tensor, radius: float, certificates: tuple[str, ...],
+                 params: dict[str, Any], extras: dict[str, Any], **fields: Any) -> list[dict[str, Any]]:
+    """``cifar_n_fresh`` fresh samples at ``c + δ`` (paired with ``cond.fresh_center``: same seed) judged against
+    each of ``certificates``."""
+    attacked = (cond.center.double() + delta).to(cond.center.dtype)
+    fresh = cond.smoothed.sample(attacked, params["cifar_n_fresh"], seed=params["seed"] + 1000 * cond.label + 2)
+    rows = []
+    for certificate in certificates:
+        est, bound = _judge(models, cond, certificate, fresh, radius, params)
+        witness = "proportion" if certificate == "class_consistency" else "mean-shift-norm"
+        rows.append(trial(est, bound, certificate=certificate, witness=witness, delta_norm=float(delta.norm()), **fields))
+    extras["attacked_samples"].append({"class": cond.label, "attack": fields["attack"], "radius": radius,
+                                       "images": fresh[:8].cpu()})
+    return rows
+
+
 def cifar_attack_rows(models: Models, cond: CifarCondition, radius: float, params: dict[str, Any],
                       extras: dict[str, Any]) -> list[dict[str, Any]]:
-    """The three EOT attacks at one radius, each judged on fresh samples paired with ``cond.fresh_center``."""
+    """At one radius: white-box PGD-EOT on each objective whose ``cifar_pgd`` class list holds this class, and
+    the straight move toward the nearest other class embedding (judged against all three certificates)."""
     g = make_generator(params["seed"] + 7919 * cond.label + 1, cond.center.device)
     crn = A.CommonNoise.draw(cond.smoothed.noise, cond.center.shape, params["cifar_n_eot"], g, z_shape=(3, 32, 32))
+    names = [name for name, classes in params["cifar_pgd"].items() if cond.label in classes]
     rows = []
-    for certificate, objective in _cifar_objectives(models, cond, crn).items():
+    for name, objective in _cifar_objectives(models, cond, crn, names).items():
         res = A.pgd(objective, cond.center, radius, generator=g, steps=params["cifar_pgd_steps"],
                     restarts=params["cifar_restarts"])
-        attacked = (cond.center.double() + res.delta).to(cond.center.dtype)
-        fresh = cond.smoothed.sample(attacked, params["cifar_n_fresh"], seed=params["seed"] + 1000 * cond.label + 2)
-        est, bound = _judge(models, cond, certificate, fresh, radius, params)
-        scale = 1.0 if certificate == "class_consistency" else 1 / RMS
-        rows.append(trial(est, bound, certificate=certificate, attack=f"pgd-eot-{certificate}",
-                          witness="proportion" if certificate == "class_consistency" else "mean-shift-norm",
-                          objective_value=res.value * scale, delta_norm=float(res.delta.norm())))
-        extras["attacked_samples"].append({"class": cond.label, "certificate": certificate, "radius": radius,
-                                           "images": fresh[:8].cpu()})
+        scale = 1.0 if name == "class_consistency" else 1 / RMS
+        rows += _judge_delta(models, cond, res.delta, radius, JUDGED[name], params, extras, attack=f"pgd-eot-{name}",
+                             objective_value=res.value * scale)
+    rows += _judge_delta(models, cond, radius * cond.toward.double(), radius, ("wasserstein", "mean_band",
+                         "class_consistency"), params, extras, attack="toward-nearest-class",
+                         restarts=0, steps=0)
     return rows
+
+
+def _verdict_radius(cond: CifarCondition, alpha: float) -> tuple[float, float]:
+    """Cohen's radius ``σΦ⁻¹(p̲)`` of the smoothed verdict "the evaluator sees the class" (0 when ``p̲ ≤ 1/2``)."""
+    p_lower = float(certify.clopper_pearson_lower(int(cond.consistent.sum()), len(cond.consistent), alpha))
+    return (cond.sigma * float(special.ndtri(p_lower)) if p_lower > 0.5 else 0.0), p_lower
+
+
+def cifar_smoothed_breakdown(models: Models, cond: CifarCondition, grid: np.ndarray,
+                             params: dict[str, Any]) -> dict[str, Any]:
+    """The smoothed model's own breakdown radius, from above: the smallest grid radius at which moving the
+    condition straight toward the nearest other class makes its verdict lose the majority on
+    ``cifar_n_breakdown`` fresh samples (one-sided lower bound of the miss rate ``> 1/2``, level
+    ``Φ(−violation_z)``). The certified radius of the same verdict must not exceed it."""
+    def broken(radius: float) -> bool:
+        images = cond.smoothed.sample(cond.center + radius * cond.toward, params["cifar_n_breakdown"],
+                                      seed=params["seed"] + 1000 * cond.label + 4)
+        misses = (_classify(models.evaluator, images) != cond.label).double().cpu()
+        return A.proportion_estimate(misses, params["violation_z"]).lower > 0.5
+
+    radius, calls = A.first_on_grid(broken, grid)
+    certified, _ = _verdict_radius(cond, params["alpha"])
+    return {"dataset": "cifar10", "condition": cond.label, "attack": "toward-nearest-class", "evaluations": calls,
+            "n_fresh": params["cifar_n_breakdown"], "smoothed_breakdown_radius": radius,
+            "smoothed_certified_radius": certified, "violation": bool(radius < certified)}
 
 
 def _base_flip(models: Models, cond: CifarCondition, fn: A.Objective, grid: np.ndarray, g: torch.Generator,
@@ -313,8 +366,7 @@ def cifar_breakdown(models: Models, cond: CifarCondition, grid: np.ndarray, para
     next to the smoothed model's certified radius for the same event (Cohen's radius ``σΦ⁻¹(p̲)``
     of the smoothed verdict, ``0`` when ``p̲ ≤ 1/2``; ``p̲`` one-sided Clopper–Pearson at level α)."""
     g = make_generator(params["seed"] + 31 * cond.label + 5, cond.center.device)
-    p_lower = float(certify.clopper_pearson_lower(int(cond.consistent.sum()), len(cond.consistent), params["alpha"]))
-    certified = cond.sigma * float(special.ndtri(p_lower)) if p_lower > 0.5 else 0.0
+    certified, p_lower = _verdict_radius(cond, params["alpha"])
     rows = []
     for j in range(params["cifar_base_noises"]):
         x_t = torch.randn((1, 3, 32, 32), generator=g, device=g.device)
@@ -331,27 +383,27 @@ def cifar_breakdown(models: Models, cond: CifarCondition, grid: np.ndarray, para
     return rows
 
 
-def robustness_curves(breakdown: pd.DataFrame, unit: float, grid_rel: np.ndarray) -> pd.DataFrame:
-    """Fraction of conditions the base loses to the attack, and the smoothed model does not certify, at each radius.
+def robustness_curves(breakdown: pd.DataFrame, smoothed: pd.DataFrame, unit: float, grid_rel: np.ndarray) -> pd.DataFrame:
+    """Fraction of conditions lost at each radius: by the base to PGD, by the smoothed model to its attack, and
+    not certified by the smoothed model.
 
-    ``base: broken by PGD`` = fraction with empirical breakdown radius ``≤ r``; ``smoothed: not
-    certified`` = fraction with certified radius ``≤ r`` (an upper bound on what any attack can break).
+    ``base: broken by PGD`` = fraction with empirical base breakdown radius ``≤ r``; ``smoothed: broken by
+    attack`` = fraction with empirical smoothed breakdown radius ``≤ r`` (``smoothed``'s rows); ``smoothed:
+    not certified`` = fraction with certified radius ``≤ r`` (an upper bound on what any attack can break).
     """
-    rows = []
-    for rel in grid_rel:
-        rows.append({"radius_rel": rel, "curve": "base: broken by PGD",
-                     "fraction": float((breakdown["base_breakdown_radius"] <= rel * unit).mean())})
-        rows.append({"radius_rel": rel, "curve": "smoothed: not certified",
-                     "fraction": float((breakdown["smoothed_certified_radius"] <= rel * unit).mean())})
-    return pd.DataFrame(rows)
+    curves = {"base: broken by PGD": breakdown["base_breakdown_radius"],
+              "smoothed: broken by attack": smoothed["smoothed_breakdown_radius"],
+              "smoothed: not certified": breakdown["smoothed_certified_radius"]}
+    return pd.DataFrame([{"radius_rel": rel, "curve": name, "fraction": float((radii <= rel * unit).mean())}
+                         for rel in grid_rel for name, radii in curves.items()])
 
 
-def cifar_block(models: Models, params: dict[str, Any]) -> tuple[list[dict], pd.DataFrame, dict[str, Any], dict]:
-    """All classes: trials rows, breakdown table, geometry and sample images."""
+def cifar_block(models: Models, params: dict[str, Any]) -> tuple[list[dict], pd.DataFrame, pd.DataFrame, dict, dict]:
+    """All classes: trials rows, base and smoothed breakdown tables, geometry and sample images."""
     geometry = models.diffusion.embedding_geometry()
     half_gap = geometry["nearest_other_min"] / 2
     sigma = params["cifar_sigma_rel"] * geometry["mean_norm"]
-    trials, breakdown = [], []
+    trials, breakdown, smoothed = [], [], []
     extras: dict[str, Any] = {"attacked_samples": [], "base_images": [], "center_samples": {}}
     for label in params["cifar_classes"]:
         cond = cifar_condition(models, label, sigma, params)
@@ -362,15 +414,19 @@ def cifar_block(models: Models, params: dict[str, Any]) -> tuple[list[dict], pd.
             trials += [{**common, **row} for row in cifar_attack_rows(models, cond, rel * half_gap, params, extras)]
         grid = np.asarray(params["cifar_breakdown_grid_rel"]) * half_gap
         breakdown += cifar_breakdown(models, cond, grid, params, extras)
+        smoothed.append(cifar_smoothed_breakdown(models, cond, np.asarray(params["cifar_smoothed_grid_rel"]) * half_gap,
+                                                 params))
         extras["center_samples"][label] = cond.fresh_center[:8].cpu()
     geometry = {"dataset": "cifar10", **geometry, "half_gap": half_gap, "sigma": sigma,
                 "sigma_rel": params["cifar_sigma_rel"], "radius_unit": "half_gap", "unit": half_gap}
-    return trials, _relative(pd.DataFrame(breakdown), half_gap), geometry, extras
+    return (trials, _relative(pd.DataFrame(breakdown), half_gap), _relative(pd.DataFrame(smoothed), half_gap),
+            geometry, extras)
 
 
-def _relative(breakdown: pd.DataFrame, unit: float) -> pd.DataFrame:
-    return breakdown.assign(base_breakdown_rel=breakdown["base_breakdown_radius"] / unit,
-                            smoothed_certified_rel=breakdown["smoothed_certified_radius"] / unit)
+def _relative(table: pd.DataFrame, unit: float) -> pd.DataFrame:
+    """``table`` with each ``*_radius`` column also over ``unit`` (``*_rel``)."""
+    return table.assign(**{c.removesuffix("_radius") + "_rel": table[c] / unit for c in table.columns
+                           if c.endswith("_breakdown_radius") or c == "smoothed_certified_radius"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,27 +468,77 @@ def _fresh_step_hits(lm: LMGenerator, point: torch.Tensor, tokens: torch.Tensor,
         return (logits(noisy).argmax(-1) == tokens.to(point.device)).double().cpu()
 
 
+def _ptb_judge(lm: LMGenerator, prompt_id: int, center: torch.Tensor, decoding: Any, noise: GaussianNoise,
+               crn: A.CommonNoise, delta: torch.Tensor, params: dict[str, Any], radius: float,
+               **fields: Any) -> tuple[dict[str, Any], torch.Tensor]:
+    """Judge ``c + δ`` on the smoothed decoder's step that the draws ``crn`` show pushed hardest (chosen before
+    fresh sampling): fresh estimate of ``1 − P(step t emits y_t | clean prefix)`` against Neyman–Pearson."""
+    tokens = torch.as_tensor(decoding.tokens)
+    logits = teacher_logits(lm, tokens)
+    attacked = (center.double() + delta).to(center.dtype)
+    with torch.no_grad():
+        soft = 1 - torch.softmax(A.eot_outputs(lambda u, _: logits(u), crn, attacked[None])[0].double(), -1)
+        flip = soft.gather(-1, tokens.to(soft.device).expand(soft.shape[:-1])[..., None]).squeeze(-1)
+        step = int(flip.mean(0).argmax())
+    hits = _fresh_step_hits(lm, attacked, tokens, noise, params["ptb_n_fresh"], params["seed"] + 1000 * prompt_id + 2)
+    est = A.proportion_estimate(1.0 - hits[:, step], params["violation_z"])
+    certified = 1.0 - float(certify.np_bounds(decoding.certificate.p_lower[step], radius, noise.sigma)[0])
+    row = trial(est, certified, certificate="token_np", witness="proportion", step=step, delta_norm=float(delta.norm()),
+                sequence_radius=decoding.certificate.radius, smoothed_step_flipped=bool(est.lower > 0.5), **fields)
+    return row, attacked
+
+
+def _black_box_flips(logits: A.Objective, tokens: torch.Tensor, sigma: float, draws: int,
+                     generator: torch.Generator) -> A.Objective:
+    """Black-box objective for :func:`smoothgen.attacks.pgd_many`: the smoothed fraction of steps whose greedy
+    token differs from ``tokens`` (clean prefix), its gradient estimated from the emitted tokens of ``draws``
+    noisy copies (Stein): the attacker never sees a logit or a gradient."""
+    def changed(points: torch.Tensor) -> torch.Tensor:  # [N, R, draws, k, d] -> [N, R, draws]
+        emitted = logits(points.flatten(0, 2).to(torch.float32)).argmax(-1)
+        return (emitted != tokens.to(emitted.device)).double().mean(-1).view(points.shape[:3])
+
+    return A.black_box_smoothed(changed, sigma, draws, generator)
+
+
 def ptb_attack_rows(lm: LMGenerator, prompt_id: int, center: torch.Tensor, decoding: Any, noise: GaussianNoise,
-                    params: dict[str, Any], radius: float) -> tuple[dict[str, Any], torch.Tensor]:
-    """EOT attack on the smoothed decoder's weakest step at one radius, judged by Neyman–Pearson per step."""
+                    toward: torch.Tensor, params: dict[str, Any], radius: float) -> list[tuple[dict[str, Any], torch.Tensor]]:
+    """Three attacks on the smoothed decoder's weakest step at one radius, each judged by Neyman–Pearson per step:
+    white-box PGD-EOT, black-box Stein PGD and the straight move of every token toward its nearest token."""
     tokens = torch.as_tensor(decoding.tokens)
     g = make_generator(params["seed"] + 7919 * prompt_id + 3, center.device)
     crn = A.CommonNoise.draw(noise, center.shape, params["ptb_n_eot"], g)
     logits = teacher_logits(lm, tokens)
-    res = A.pgd(A.smoothed_objective(lambda u, _: logits(u), crn, A.token_flip(tokens)), center, radius,
-                generator=g, steps=params["ptb_pgd_steps"], restarts=params["ptb_restarts"])
-    attacked = (center.double() + res.delta).to(center.dtype)
-    with torch.no_grad():
-        soft = 1 - torch.softmax(A.eot_outputs(lambda u, _: logits(u), crn, attacked[None])[0].double(), -1)
-        flip = soft.gather(-1, tokens.to(soft.device).expand(soft.shape[:-1])[..., None]).squeeze(-1)
-        step = int(flip.mean(0).argmax())  # the step the attack pushed hardest, chosen before fresh sampling
-    hits = _fresh_step_hits(lm, attacked, tokens, noise, params["ptb_n_fresh"], params["seed"] + 1000 * prompt_id + 2)
-    est = A.proportion_estimate(1.0 - hits[:, step], params["violation_z"])
-    certified = 1.0 - float(certify.np_bounds(decoding.certificate.p_lower[step], radius, noise.sigma)[0])
-    row = trial(est, certified, certificate="token_np", attack="pgd-eot-token", witness="proportion", step=step,
-                objective_value=res.value, delta_norm=float(res.delta.norm()),
-                sequence_radius=decoding.certificate.radius, smoothed_step_flipped=bool(est.lower > 0.5))
-    return row, attacked
+    strength = {"steps": params["ptb_pgd_steps"], "restarts": params["ptb_restarts"]}
+    white = A.pgd(A.smoothed_objective(lambda u, _: logits(u), crn, A.token_flip(tokens)), center, radius,
+                  generator=g, **strength)
+    black = A.pgd_many(_black_box_flips(logits, tokens, noise.sigma, params["ptb_black_box_draws"], g), center[None],
+                       radius, generator=g, **strength)[0]
+    judge = lambda delta, **f: _ptb_judge(lm, prompt_id, center, decoding, noise, crn, delta, params, radius, **f)  # noqa: E731
+    return [judge(white.delta, attack="pgd-eot-token", objective_value=white.value, **strength),
+            judge(black.delta, attack="stein-black-box", objective_value=black.value, **strength),
+            judge(radius * toward, attack="toward-nearest-token", restarts=0, steps=0)]
+
+
+def ptb_smoothed_breakdown(lm: LMGenerator, prompt_id: int, center: torch.Tensor, decoding: Any, noise: GaussianNoise,
+                           grid: np.ndarray, params: dict[str, Any]) -> dict[str, Any]:
+    """The smoothed decoder's own breakdown radius, from above: PGD-EOT bisection over ``grid`` for the smallest
+    radius at which a step's clean token loses its majority on the attack's draws, confirmed on
+    ``ptb_n_fresh`` fresh draws (one-sided lower bound of the flip rate ``> 1/2``; ``inf`` if not confirmed).
+    The certified sequence radius must not exceed it."""
+    tokens = torch.as_tensor(decoding.tokens)
+    g = make_generator(params["seed"] + 7919 * prompt_id + 11, center.device)
+    crn = A.CommonNoise.draw(noise, center.shape, params["ptb_n_eot"], g)
+    objective = A.smoothed_objective(lambda u, _: teacher_logits(lm, tokens)(u), crn, A.token_flip(tokens))
+    out = A.breakdown_radius(objective, center, grid, generator=g, threshold=0.5, steps=params["ptb_pgd_steps"],
+                             restarts=1, refine_steps=params["refine_steps"])
+    radius = math.inf
+    if out.delta is not None:
+        row, _ = _ptb_judge(lm, prompt_id, center, decoding, noise, crn, out.delta, params, out.radius)
+        radius = out.radius if row["smoothed_step_flipped"] else math.inf
+    certified = decoding.certificate.radius
+    return {"dataset": "ptb", "condition": prompt_id, "attack": "pgd-eot-token", "evaluations": len(out.tried),
+            "n_fresh": params["ptb_n_fresh"], "smoothed_breakdown_radius": radius,
+            "smoothed_certified_radius": certified, "violation": bool(radius < certified)}
 
 
 def ptb_breakdown(lm: LMGenerator, prompt_id: int, center: torch.Tensor, grid: np.ndarray,
@@ -450,19 +556,23 @@ def ptb_breakdown(lm: LMGenerator, prompt_id: int, center: torch.Tensor, grid: n
 
 
 def ptb_prompt(lm: LMGenerator, prompt_id: int, prompt: torch.Tensor, sigma: float, radii: np.ndarray,
-               grid: np.ndarray, params: dict[str, Any]) -> tuple[list[dict], dict, dict]:
-    """One prompt: certified smoothed decoding, attacks at every radius, base breakdown, texts."""
+               grid: np.ndarray, smoothed_grid: np.ndarray, params: dict[str, Any]) -> tuple[list[dict], dict, dict, dict]:
+    """One prompt: certified smoothed decoding, attacks at every radius, base breakdown (over ``grid``) and
+    smoothed breakdown (over ``smoothed_grid``), texts."""
     center = lm.prompt_embeddings(prompt)
+    toward = A.toward_nearest(lm.token_embeddings(), prompt, 1.0).to(center.dtype)
     noise = GaussianNoise(sigma, event_shape=center.shape)
     decoder = SmoothedGreedyDecoder(lm.next_token, noise, len(lm.vocab), params["ptb_batch_size"])
     decoding = decoder.decode(center, params["ptb_steps"], params["ptb_n0"], params["ptb_n"], params["alpha"],
                               seed=params["seed"] + 1000 * prompt_id)
     rows, attacked = [], center
     for r in radii:
-        row, attacked = ptb_attack_rows(lm, prompt_id, center, decoding, noise, params, float(r))
-        rows.append(row)
+        judged = ptb_attack_rows(lm, prompt_id, center, decoding, noise, toward, params, float(r))
+        rows += [{"radius": float(r), **row} for row, _ in judged]
+        attacked = judged[0][1]
     breakdown, clean, after = ptb_breakdown(lm, prompt_id, center, grid, params)
     breakdown.update(smoothed_certified_radius=decoding.certificate.radius)
+    smoothed = ptb_smoothed_breakdown(lm, prompt_id, center, decoding, noise, smoothed_grid, params)
     moved = decoder.decode(attacked, params["ptb_steps"], params["ptb_n0"], params["ptb_n0"], params["alpha"],
                            seed=params["seed"] + 1000 * prompt_id + 9)
     decode = lm.vocab.decode
@@ -470,46 +580,49 @@ def ptb_prompt(lm: LMGenerator, prompt_id: int, prompt: torch.Tensor, sigma: flo
             "base_attacked": decode(after.tolist()), "base_breakdown_radius": breakdown["base_breakdown_radius"],
             "smoothed_clean": decode(decoding.tokens.tolist()), "smoothed_attacked": decode(moved.tokens.tolist()),
             "attack_radius": float(radii[-1]), "sequence_radius": decoding.certificate.radius}
-    return rows, breakdown, text
+    return rows, breakdown, smoothed, text
 
 
 def ptb_block(models: Models, test: PTB,
-              params: dict[str, Any]) -> tuple[list[dict], pd.DataFrame, dict[str, Any], list]:
-    """All prompts of the PTB test split ``test``: trials rows, breakdown table, geometry, texts."""
+              params: dict[str, Any]) -> tuple[list[dict], pd.DataFrame, pd.DataFrame, dict[str, Any], list]:
+    """All prompts of the PTB test split ``test``: trials rows, base and smoothed breakdown tables, geometry, texts."""
     lm = models.lm
     geometry = lm.embedding_geometry()
     sigma = params["ptb_sigma_rel"] * geometry["mean_norm"]
-    radii = np.asarray(params["ptb_radii_rel"]) * geometry["nn_median"]
-    grid = np.asarray(params["ptb_breakdown_grid_rel"]) * geometry["nn_median"]
-    trials, breakdown, texts = [], [], []
+    unit = geometry["nn_median"]
+    grid = np.asarray(params["ptb_breakdown_grid_rel"]) * unit
+    trials, breakdown, smoothed, texts = [], [], [], []
     prompts = ptb_prompts(test.tokens, test.vocab.eos_id, params["ptb_prompt_len"], params["ptb_steps"],
                           params["ptb_prompts"])
     for i, prompt in enumerate(prompts):
-        rows, down, text = ptb_prompt(lm, i, prompt, sigma, radii, grid, params)
-        trials += [{"dataset": "ptb", "condition": i, "norm": "l2", "radius": r, "radius_rel": rel, "sigma": sigma,
-                    "restarts": params["ptb_restarts"], "steps": params["ptb_pgd_steps"], "seed": params["seed"], **row}
-                   for r, rel, row in zip(radii, params["ptb_radii_rel"], rows)]
+        rows, down, smooth, text = ptb_prompt(lm, i, prompt, sigma, np.asarray(params["ptb_radii_rel"]) * unit, grid,
+                                              np.asarray(params["ptb_smoothed_grid_rel"]) * unit, params)
+        trials += [{"dataset": "ptb", "condition": i, "norm": "l2", "radius_rel": row["radius"] / unit, "sigma": sigma,
+                    "seed": params["seed"], **row} for row in rows]
         breakdown.append(down)
+        smoothed.append(smooth)
         texts.append(text)
     geometry = {"dataset": "ptb", **geometry, "sigma": sigma, "sigma_rel": params["ptb_sigma_rel"],
-                "radius_unit": "nn_median", "unit": geometry["nn_median"]}
-    return trials, _relative(pd.DataFrame(breakdown), geometry["nn_median"]), geometry, texts
+                "radius_unit": "nn_median", "unit": unit}
+    return (trials, _relative(pd.DataFrame(breakdown), unit), _relative(pd.DataFrame(smoothed), unit), geometry,
+            texts)
 
 
 # --------------------------------------------------------------------------------------------
 # run
 # --------------------------------------------------------------------------------------------
 def summarise(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset and certificate: trials, violations, median achieved/certified, median gap."""
-    groups = trials.groupby(["dataset", "certificate"], sort=False)
+    """Per dataset, certificate and attack: trials, violations, median achieved/certified, median gap."""
+    groups = trials.groupby(["dataset", "certificate", "attack"], sort=False)
     return groups.agg(trials=("achieved", "size"), violations=("violation", "sum"),
                       median_ratio=("ratio", "median"), max_ratio=("ratio", "max"),
                       median_gap=("gap", "median")).reset_index()
 
 
-def _curves(breakdown: pd.DataFrame, geometry: dict[str, Any], grid_rel: list[float]) -> pd.DataFrame:
+def _curves(breakdown: pd.DataFrame, smoothed: pd.DataFrame, geometry: dict[str, Any],
+            grid_rel: list[float]) -> pd.DataFrame:
     grid = np.geomspace(min(grid_rel) / 2, max(grid_rel), 61)  # radii span orders of magnitude
-    return robustness_curves(breakdown, geometry["unit"], grid).assign(dataset=geometry["dataset"])
+    return robustness_curves(breakdown, smoothed, geometry["unit"], grid).assign(dataset=geometry["dataset"])
 
 
 def _black_box_overview(trials: pd.DataFrame) -> dict[str, Any]:
@@ -525,9 +638,24 @@ def _black_box_overview(trials: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def overview(trials: pd.DataFrame, cell: pd.DataFrame, breakdown: pd.DataFrame, params: dict[str, Any]) -> dict[str, Any]:
+def _smoothed_overview(smoothed: pd.DataFrame) -> dict[str, Any]:
+    """Per dataset: conditions whose smoothed model an attack broke (confirmed on fresh draws), the median
+    empirical smoothed breakdown radius over all conditions (``None`` when it is infinite: fewer than half
+    were broken), and violations (broken below the certified radius)."""
+    out = {}
+    for dataset, part in smoothed.groupby("dataset"):
+        median = float(part["smoothed_breakdown_rel"].median())
+        out.update({f"{dataset}_smoothed_broken": int(np.isfinite(part["smoothed_breakdown_radius"]).sum()),
+                    f"{dataset}_smoothed_conditions": len(part),
+                    f"{dataset}_smoothed_breakdown_rel_median": median if math.isfinite(median) else None,
+                    f"{dataset}_smoothed_breakdown_violations": int(part["violation"].sum())})
+    return out
+
+
+def overview(trials: pd.DataFrame, cell: pd.DataFrame, breakdown: pd.DataFrame, smoothed: pd.DataFrame,
+             params: dict[str, Any]) -> dict[str, Any]:
     """The run in a few numbers (for the book's prose): trial and violation counts, median ratios of the
-    real-model trials, base breakdown and smoothed certified medians, and the front-end attack's."""
+    real-model trials, base breakdown, smoothed breakdown and certified medians, and the front-end attack's."""
     real = trials[trials["dataset"] != "toy-probit"]
     exits = cell[cell["certificate"] == "cell-exit"]
     at_identity = exits[exits["radius_kind"] == "identity"]
@@ -535,15 +663,16 @@ def overview(trials: pd.DataFrame, cell: pd.DataFrame, breakdown: pd.DataFrame, 
     medians = breakdown.groupby("dataset")[["base_breakdown_rel", "smoothed_certified_rel"]].median()
     out = {"trials": len(trials), "violations": int(trials["violation"].sum()),
            **{f"{d}_trials": int((trials["dataset"] == d).sum()) for d in ("toy-probit", "cifar10", "ptb")},
+           "real_trials": len(real), "real_violations": int(real["violation"].sum()),
            "real_median_ratio": float(real["ratio"].median()),
-           **_black_box_overview(trials),
+           **_black_box_overview(trials), **_smoothed_overview(smoothed),
            "cell_trials": len(cell), "cell_violations": int(cell["violation"].sum()),
            "cell_face_fraction": float((exits["attack"] == "face").mean()),
            "cell_min_excess_over_face": float((exits["achieved"] - exits["nearest_face_exit"]).min()),
            "cell_identity_achieved_median": float(at_identity["achieved"].median()),
            "cell_identity_certified_median": float(at_identity["certified"].median()),
            "cell_identity_radius_rel_median": float((at_identity["radius"] / at_identity["unit"]).median()),
-           "alpha": params["alpha"], "cell_alpha": params["cell_alpha"]}
+           "alpha": params["alpha"], "cell_alpha": params["cell_alpha"], **{k: params[k] for k in STRENGTH}}
     for dataset in ("cifar10", "ptb"):
         part = ends[ends["dataset"] == dataset]
         out[f"{dataset}_end_to_end_achieved_median"] = float(part["achieved"].median()) if len(part) else None
@@ -569,8 +698,8 @@ def run(params: dict[str, Any]) -> StudyResult:
     test = load_ptb("test")
     models = load_models(params, test.vocab)
     toy = toy_trials(params).to_dict("records")
-    cifar_trials, cifar_down, cifar_geometry, images = cifar_block(models, params)
-    ptb_trials, ptb_down, ptb_geometry, texts = ptb_block(models, test, params)
+    cifar_trials, cifar_down, cifar_smoothed, cifar_geometry, images = cifar_block(models, params)
+    ptb_trials, ptb_down, ptb_smoothed, ptb_geometry, texts = ptb_block(models, test, params)
     cell_cifar, cell_extra = frontends.cifar_cell_block(models.diffusion, models.evaluator, params)
     cell_prompts = ptb_prompts(test.tokens, test.vocab.eos_id, params["ptb_prompt_len"], params["ptb_steps"],
                                params["cell_ptb_prompts"])
@@ -578,15 +707,18 @@ def run(params: dict[str, Any]) -> StudyResult:
     cell_trials = pd.DataFrame(cell_cifar + cell_ptb)
     trials = pd.DataFrame(toy + cifar_trials + ptb_trials)
     trials = trials[[*A.TRIAL_COLUMNS, *[c for c in trials.columns if c not in A.TRIAL_COLUMNS]]]
-    curves = [_curves(cifar_down, cifar_geometry, params["cifar_breakdown_grid_rel"]),
-              _curves(ptb_down, ptb_geometry, params["ptb_breakdown_grid_rel"])]
+    curves = [_curves(cifar_down, cifar_smoothed, cifar_geometry,
+                      params["cifar_breakdown_grid_rel"] + params["cifar_smoothed_grid_rel"]),
+              _curves(ptb_down, ptb_smoothed, ptb_geometry, params["ptb_breakdown_grid_rel"] + params["ptb_smoothed_grid_rel"])]
     tables = {"trials": trials, "summary": summarise(trials), "breakdown": pd.concat([cifar_down, ptb_down]),
+              "smoothed_breakdown": pd.concat([cifar_smoothed, ptb_smoothed], ignore_index=True),
               "robustness": pd.concat(curves, ignore_index=True), "texts": pd.DataFrame(texts),
               "geometry": pd.DataFrame([cifar_geometry, ptb_geometry]), "cell_trials": cell_trials,
               "cell_summary": summarise(cell_trials), "cell_texts": pd.DataFrame(cell_texts)}
     rule = f"violation: one-sided lower confidence bound of achieved (level Phi(-{params['violation_z']})) > certified"
     result = finish(EXPERIMENT, params, tables, seed=params["seed"], clock=clock, models=models.source,
                     data_variant=f"CIFAR-10 models: {models.cifar_variant}; PTB: {test.variant}", violation_rule=rule)
-    write_json(Path(result.directory) / "overview.json", overview(trials, cell_trials, tables["breakdown"], params))
+    write_json(Path(result.directory) / "overview.json",
+               overview(trials, cell_trials, tables["breakdown"], tables["smoothed_breakdown"], params))
     result.extras.update(images=images, classes=params["cifar_classes"], cell_images=cell_extra["images"])
     return result
