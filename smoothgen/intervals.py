@@ -9,8 +9,10 @@
   computed once, and each resample of the generated features costs one symmetric eigendecomposition.
 
 A percentile interval of a biased statistic need not contain its point estimate: a resample repeats
-images, which inflates FID, so FID's bootstrap interval can lie above the FID of the full sample. It
-then measures the size of the sampling noise, not a bias-corrected estimate.
+images, which inflates FID, so FID's percentile interval lies above the FID of the full sample. FID and
+its ratio therefore use the *basic* (reflected) bootstrap interval
+``[2θ̂ − q_{97.5}, 2θ̂ − q_{2.5}]`` (:func:`summary` with ``kind="basic"``), which moves the interval
+down by the resampling bias ``mean(θ*) − θ̂`` to first order (Davison & Hinkley 1997, §5.2).
 
 Every function returns a dict ``{name: point, name_low: ..., name_high: ...}`` ready to go into a
 results row. These intervals describe the sampling noise of the *evaluation* (which images, which
@@ -69,13 +71,23 @@ def bootstrap_all(statistics: Callable[[np.ndarray], Mapping[str, float]], rows:
     return {k: v for key in point for k, v in summary(key, point[key], [d[key] for d in values]).items()}
 
 
-def summary(name: str, point: float, values: Sequence[float]) -> dict[str, float]:
-    """``{name: point, name_low, name_high}``: the central 95 % of the finite ``values`` (NaN if none)."""
+def summary(name: str, point: float, values: Sequence[float], kind: str = "percentile",
+            floor: float = -np.inf) -> dict[str, float]:
+    """``{name: point, name_low, name_high}`` from the finite bootstrap ``values`` (NaN if none).
+
+    ``kind="percentile"``: their central 95 % ``[q_{2.5}, q_{97.5}]``; ``kind="basic"``: the reflection
+    ``[2·point − q_{97.5}, 2·point − q_{2.5}]``, which corrects a resampling bias of the statistic;
+    ``floor`` clips the interval below (e.g. 0 for a distance).
+    """
+    if kind not in ("percentile", "basic"):
+        raise ValueError(f"kind must be 'percentile' or 'basic', got {kind!r}")
     finite = np.asarray(values, dtype=float)
     finite = finite[np.isfinite(finite)]
     tail = 100 * (1 - LEVEL) / 2
     low, high = np.percentile(finite, [tail, 100 - tail]) if finite.size else (np.nan, np.nan)
-    return {name: float(point), f"{name}_low": float(low), f"{name}_high": float(high)}
+    if kind == "basic":
+        low, high = 2 * point - high, 2 * point - low
+    return {name: float(point), f"{name}_low": float(max(low, floor)), f"{name}_high": float(max(high, floor))}
 
 
 class Frechet:
@@ -97,16 +109,16 @@ class Frechet:
 def fid(fd: Frechet, fake: np.ndarray, base: np.ndarray | None, draws: int, seed: int,
         name: str = "fid") -> dict[str, float]:
     """FID of the features ``fake`` (key ``name``) and, given ``base`` (the unsmoothed model's features),
-    its ratio to ``base``'s FID (``name_ratio``), each with a 95 % percentile-bootstrap interval (``fake``
-    and ``base`` resampled independently in each draw, the real set fixed)."""
+    its ratio to ``base``'s FID (``name_ratio``), each with a 95 % basic-bootstrap interval (``fake`` and
+    ``base`` resampled independently in each draw, the real set fixed; see the module docstring)."""
     rng, fids, ratios = np.random.default_rng(seed), [], []
     for _ in range(draws):
         fids.append(fd(fake[rng.integers(0, len(fake), len(fake))]))
         if base is not None:
             ratios.append(fids[-1] / fd(base[rng.integers(0, len(base), len(base))]))
     point = fd(fake)
-    out = summary(name, point, fids)
-    return out if base is None else {**out, **summary(f"{name}_ratio", point / fd(base), ratios)}
+    out = summary(name, point, fids, "basic", floor=0.0)
+    return out if base is None else {**out, **summary(f"{name}_ratio", point / fd(base), ratios, "basic", floor=0.0)}
 
 
 def inception_score(probs: np.ndarray, draws: int, seed: int, name: str = "is") -> dict[str, float]:

@@ -62,6 +62,27 @@ def test_frechet_matches_the_closed_form_with_a_matrix_square_root() -> None:
     assert out["fid_ratio_low"] <= out["fid_ratio"] <= out["fid_ratio_high"]
 
 
+def test_basic_interval_reflects_the_percentile_one_and_corrects_the_resampling_bias_of_fid() -> None:
+    values = [1.0, 2.0, 3.0, 4.0, 10.0]
+    pct, basic = intervals.summary("x", 3.0, values), intervals.summary("x", 3.0, values, "basic")
+    assert basic["x_low"] == pytest.approx(6.0 - pct["x_high"]) and basic["x_high"] == pytest.approx(6.0 - pct["x_low"])
+    assert intervals.summary("x", 0.1, values, "basic", floor=0.0)["x_low"] == 0.0
+    with pytest.raises(ValueError, match="kind"):
+        intervals.summary("x", 0.0, values, "student")
+    # generated N(0.3, I) against real N(0, I) in 8 dims: the true Fréchet distance is 8 x 0.3² = 0.72, and
+    # FID from 150 generated images is biased upward by about as much as its spread
+    rng, truth = np.random.default_rng(3), 8 * 0.3**2
+    fd = intervals.Frechet(rng.normal(size=(20_000, 8)))
+    covered = {"percentile": 0, "basic": 0}
+    for seed in range(40):
+        fake = rng.normal(0.3, 1.0, size=(150, 8))
+        resampled = [fd(fake[rng.integers(0, 150, 150)]) for _ in range(200)]
+        out = intervals.fid(fd, fake, None, 200, seed)
+        covered["percentile"] += np.percentile(resampled, 2.5) <= truth <= np.percentile(resampled, 97.5)
+        covered["basic"] += out["fid_low"] <= truth <= out["fid_high"]
+    assert covered["basic"] >= 32 and covered["basic"] > covered["percentile"] + 8, covered
+
+
 def test_inception_score_extremes() -> None:
     uniform = np.full((30, 4), 0.25)
     assert intervals.inception_score(uniform, 20, 0)["is"] == pytest.approx(1.0)
