@@ -203,7 +203,7 @@ _MEANINGFUL_BASE = {
     "prompt_len": 5, "steps": 10, "diffusion_noise_checkpoint": None,
     "lm_noise_checkpoint": None, "target_consistency": 0.85, "target_fid_ratio": 1.25, "target_bleu": 0.9,
     "target_ppl_ratio": 1.1, "breakdown_grid_rel": [0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5],
-    "refine_steps": 2,
+    "refine_steps": 2, "headline_seeds": [1, 2],
 }
 
 STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -304,7 +304,7 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "breakdown_classes": [0], "breakdown_pgd_steps": 1, "breakdown_grid_rel": [0.5, 1.5], "n_prompts": 2,
                   "steps": 4, "ptb_sigma_rel": [0.1], "n_generate": 8, "n_text": 4, "nll_draws": 2,
                   "n_projection_ptb": 200, "bootstrap_text": 3, "n_breakdown_prompts": 1, "n_texts_shown": 1,
-                  "refine_steps": 0},
+                  "refine_steps": 0, "headline_seeds": [1]},
         "cpu": {**_MEANINGFUL_BASE, "diffusion_steps": 5, "n_quality": 200, "batch_size": 100, "n_real": 10_000,
                 "bootstrap": 50, "grid_samples": 6, "n_projection": 100_000,
                 "cifar_grid": {"naive": [0.02, 0.1], "projection": [0.1, 0.25, 0.4], "soft": [0.25],

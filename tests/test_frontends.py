@@ -155,3 +155,16 @@ def test_wrapper_passes_the_lm_calls_and_attributes_through() -> None:
 def test_bad_input_is_a_clear_error(call, match) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_seed_spread_reports_the_range_of_each_headline_key_over_seeds() -> None:
+    import pandas as pd
+
+    from smoothgen.experiments.meaningful import HEADLINE, seed_spread
+
+    seeds = pd.DataFrame([{"dataset": "cifar10", "headline_seed": s, **{k: v for k in HEADLINE["cifar10"]}}
+                          for s, v in ((0, 0.8), (1, 0.7), (2, 0.9))])
+    out = seed_spread(seeds)
+    assert out["headline_seeds"] == 3
+    assert out["cifar10_class_radius_frac_half_gap_seed_min"] == 0.7 and out["cifar10_fid_ratio_seed_max"] == 0.9
+    assert out["ptb_radius_frac_nearest_token_seed_min"] is None  # no PTB configuration qualified

@@ -150,6 +150,8 @@ def _check_meaningful(tables: dict[str, pd.DataFrame]) -> None:
     assert ((quality["class_consistency_low"] <= quality["class_consistency"])
             & (quality["class_consistency"] <= quality["class_consistency_high"])).all()
     assert set(tables["choices"]["prefix"].fillna("")) == {"", "noise_trained_", "naive_"}
+    seeds = tables["headline_seeds"]  # each chosen headline configuration at the main seed and every extra one
+    assert (seeds.groupby("dataset")["headline_seed"].nunique() == 2).all() and len(seeds) == 2 * seeds["dataset"].nunique()
 
 
 CHECKS = {"08_meaningful_radii": _check_meaningful, "05_adaptive_noise": _check_adaptive_noise, "06_attacks": _check_attacks, "01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,

@@ -229,7 +229,8 @@ def cifar_block(models: Models, evaluator: torch.nn.Module, params: dict[str, An
     projection = cifar_projection(models.codebook, [r * unit for r in params["cifar_grid"]["projection"]], gaps, params)
     projection["sigma_rel"] = projection["sigma"] / unit
     return {"gaps": gaps, "unit": unit, "quality": pd.DataFrame(quality), "per_class": pd.DataFrame(per_class),
-            "projection": projection, "grids": grids, "base_per_class": pd.DataFrame(base_cls), "variant": test.variant}
+            "projection": projection, "grids": grids, "base_per_class": pd.DataFrame(base_cls), "variant": test.variant,
+            "fd": fd}
 
 
 def cifar_radii(block: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
@@ -474,6 +475,78 @@ def _ratio(certified: float | None, breakdown: pd.Series) -> float | None:
     return None if certified is None or not base > 0 or not math.isfinite(base) else certified / base
 
 
+HEADLINE = {"cifar10": ("cifar10_class_radius_frac_half_gap", "cifar10_class_consistency", "cifar10_fid_ratio"),
+            "ptb": ("ptb_radius_frac_nearest_token", "ptb_stability_bleu4", "ptb_perplexity_ratio")}
+"""The headline keys of ``summary.json`` that :func:`headline_seeds` repeats over seeds (radius, then quality)."""
+
+
+def _cifar_seed(evaluator: torch.nn.Module, models: Models, block: dict[str, Any], method: str, rel: float,
+                params: dict[str, Any]) -> tuple[float, float, float]:
+    """Median class-identity radius over the half gap, class-consistency and FID ratio of one configuration
+    (its base rerun at the same seed for the ratio)."""
+    sigma, fd, gaps = rel * block["unit"], block["fd"], block["gaps"]
+    _, _, base_feats, _ = cifar_config(models, evaluator, "base", 0.0, fd, None, params)
+    row, per_class, _, _ = cifar_config(models, evaluator, method, sigma, fd, base_feats, params)
+    if method == "projection":
+        radii = cifar_projection(models.codebook, [sigma], gaps, params)
+        rel_radii = radii["class_radius"] / radii["half_gap"]
+    else:
+        merged = pd.DataFrame(per_class).merge(gaps, on="class")
+        rel_radii = merged["verdict_radius"] / merged["half_gap"]
+    return float(rel_radii.median()), row["class_consistency"], row["fid_ratio"]
+
+
+def _ptb_seed(models: Models, block: dict[str, Any], method: str, rel: float,
+              params: dict[str, Any]) -> tuple[float, float, float]:
+    """Median continuation radius over the nearest-token unit, stability BLEU-4 and perplexity ratio of one
+    configuration."""
+    sigma, pairs, lm = rel * block["unit"], block["pairs"], models.shipped
+    base = pd.DataFrame([ptb_prompt_config(models, lm, "base", 0.0, i, p, r, block["clean"][i], params)
+                         for i, (p, r) in enumerate(pairs)])
+    ref, ref_texts = own_clean(models, method, pairs, {"shipped": (block["clean"], block["clean_texts"])})
+    gen = generator_for(models, method, sigma)
+    rows = pd.DataFrame([ptb_prompt_config(models, gen, method, sigma, i, p, r, ref[i], params)
+                         for i, (p, r) in enumerate(pairs)])
+    if method == "projection":
+        rows["continuation_radius"] = ptb_projection(models.codebook, pairs, [sigma], params)["continuation_radius"]
+    scores = ptb_text_scores(rows, ref_texts, certified_only=True)
+    ratio = scores["reference_perplexity"] / math.exp(base["reference_nll"].mean())
+    return float(rows["continuation_radius"].median() / block["unit"]), scores["stability_bleu4"], ratio
+
+
+def headline_seeds(cifar_models: Models, ptb_models: Models, evaluator: torch.nn.Module, cifar: dict[str, Any],
+                   ptb: dict[str, Any], targets: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
+    """The two headline configurations (best CIFAR-10 class identity, best PTB continuation) rerun at every seed
+    of ``headline_seeds``: fresh smoothing noise, generator noise and certificate draws; the same real
+    features, prompts and choice of configuration. The row with ``headline_seed == seed`` is the main run's."""
+    rows = []
+    for dataset, models, block, seed_fn in (("cifar10", cifar_models, cifar, lambda *a: _cifar_seed(evaluator, *a)),
+                                            ("ptb", ptb_models, ptb, _ptb_seed)):
+        target = "cifar10_class" if dataset == "cifar10" else "ptb_continuation"
+        method, rel = targets[f"{target}_method"], targets[f"{target}_sigma_rel"]
+        if method is None:
+            continue
+        keys = HEADLINE[dataset]
+        rows.append({"dataset": dataset, "method": method, "sigma_rel": rel, "headline_seed": params["seed"],
+                     **{k: targets[k] for k in keys}})
+        for seed in tqdm(params["headline_seeds"], desc=f"{dataset} headline seeds", leave=False):
+            values = seed_fn(models, block, method, rel, {**params, "seed": seed})
+            rows.append({"dataset": dataset, "method": method, "sigma_rel": rel, "headline_seed": seed,
+                         **dict(zip(keys, values))})
+    return pd.DataFrame(rows)
+
+
+def seed_spread(seeds: pd.DataFrame) -> dict[str, Any]:
+    """``<key>_seed_min`` / ``<key>_seed_max`` of every headline key over the seeds, and the number of seeds."""
+    out: dict[str, Any] = {"headline_seeds": int(seeds["headline_seed"].nunique()) if len(seeds) else 0}
+    for dataset, keys in HEADLINE.items():
+        part = seeds[seeds["dataset"] == dataset] if len(seeds) else seeds
+        for key in keys:
+            out[f"{key}_seed_min"] = float(part[key].min()) if len(part) else None
+            out[f"{key}_seed_max"] = float(part[key].max()) if len(part) else None
+    return out
+
+
 def load_models(params: dict[str, Any], device: torch.device) -> tuple[Models, Models, torch.nn.Module]:
     """Shipped (and, where the preset names them, noise-trained) generators of both datasets."""
     diffusion = load_diffusion(device=device, steps=params["diffusion_steps"], guidance_scale=params["guidance_scale"])
@@ -498,6 +571,8 @@ def run(params: dict[str, Any]) -> StudyResult:
     cifar_break = cifar_breakdown(cifar_models.shipped, evaluator, cifar["gaps"], params)
     ptb_break = ptb_breakdowns(ptb_models.shipped, ptb, params)
     targets, choices = summary(cifar, ptb, cifar_break, ptb_break, params)
+    seeds = headline_seeds(cifar_models, ptb_models, evaluator, cifar, ptb, targets, params)
+    targets.update(seed_spread(seeds))
     best = choices.set_index(["prefix", "target"])
     cls = best.loc[("", "cifar10_class")]
     chosen = cifar["radii"][(cifar["radii"]["method"] == cls["method"]) & (cifar["radii"]["sigma_rel"] == cls["sigma_rel"])]
@@ -509,7 +584,8 @@ def run(params: dict[str, Any]) -> StudyResult:
     tables = {"cifar_gaps": cifar["gaps"], "cifar_quality": cifar["quality"], "cifar_radii": cifar["radii"],
               "cifar_breakdown": cifar_break, "ptb_quality": ptb["quality"],
               "ptb_per_prompt": ptb["per_prompt"].drop(columns="texts"), "ptb_projection": ptb["projection"],
-              "ptb_breakdown": ptb_break, "ptb_at_radius": texts, "choices": choices, "cost": cost_table(cifar, ptb)}
+              "ptb_breakdown": ptb_break, "ptb_at_radius": texts, "choices": choices, "cost": cost_table(cifar, ptb),
+              "headline_seeds": seeds}
     result = finish(EXPERIMENT, params, tables, seed=params["seed"], data_variant=cifar["variant"], clock=clock,
                     diffusion_sha256=cifar_models.shipped.card["sha256"], lm_sha256=ptb_models.shipped.card["sha256"])
     write_json(Path(result.directory) / "summary.json",
