@@ -186,7 +186,8 @@ _ADAPTIVE_TOY = {"toy_boundaries": [0.0], "toy_sigma_range": [0.01, 10.0], "toy_
 _ADAPTIVE_CIFAR = ["isotropic", "anisotropic-lowrank", "anisotropic-diagonal", "schedule"]
 _ADAPTIVE_PTB = ["isotropic", "anisotropic-lowrank", "anisotropic-diagonal"]
 
-_ADAPTIVE_BASE = {"seed": 0, "device": None, "guidance_scale": None, "classes": list(range(10)), "alpha": 0.05,
+_ADAPTIVE_BASE = {"seed": 0, "device": None, "guidance_scale": None, "classes": list(range(10)), "split": "samples",
+         "alpha": 0.05,
          "kappa": 0.5, "target_fraction": 0.6, "ptb_tolerance": 0.3, "tv_level": 0.5, "power": 1.0,
          "max_ratio": 4.0, "is_splits": 2, "gram_oversample": 4, "gram_iters": 1, "prompt_len": 5,
          "cifar_strategies": _ADAPTIVE_CIFAR, "ptb_strategies": _ADAPTIVE_PTB, **_ADAPTIVE_TOY,
@@ -337,7 +338,7 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "gram_probes": 8, "gram_max_rows": 5,
                 "cifar_strategies": ["isotropic", "anisotropic-lowrank", "schedule"], "cifar_n_cal": 48,
                 "cifar_n_eval": 48, "cifar_scales": [0.003, 0.006, 0.0125, 0.025],
-                "cifar_target_radii_rel": [0.0025, 0.005, 0.01, 0.02], "ptb_steps": 10, "n_prompts": 20,
+                "cifar_target_radii_rel": [0.0025, 0.005, 0.01, 0.02], "ptb_steps": 10, "n_prompts": 40,
                 "ptb_n_cal": 48, "ptb_n_eval": 48, "ptb_scales": [0.0125, 0.025, 0.05, 0.1],
                 "ptb_target_radii_rel": [0.0025, 0.005, 0.01, 0.02]},
         "gpu": {**_ADAPTIVE_BASE, "models": "checkpoints", "tasks": ["cifar10", "ptb"], "steps": 20, "alpha": 0.001,

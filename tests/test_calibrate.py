@@ -592,3 +592,12 @@ def test_inferred_radius_stays_strictly_inside_the_margin() -> None:
     table = cal.SigmaTable({0: 10.0}, (1,), centers=centers)
     radius = table.inferred_certified_radius(torch.tensor([0.0], dtype=F64), 0, 0.9)
     assert 0 < radius < cal.voronoi_margin(torch.tensor([0.0], dtype=F64), centers, 0) == 0.5
+
+
+def test_split_alternates_conditions_or_uses_every_condition_for_both_streams() -> None:
+    from smoothgen.experiments.calibration import _split
+
+    assert _split(range(5), "conditions") == ([0, 2, 4], [1, 3])
+    assert _split(range(3), "samples") == ([0, 1, 2], [0, 1, 2])
+    with pytest.raises(ValueError, match="split"):
+        _split(range(3), "classes")

@@ -21,7 +21,8 @@ average Jacobian Gram of calibration conditions, volume-normalised to ``det Σ =
 certificate through ``σ_min``), ``schedule`` (CIFAR only: fresh draws at each of ``T`` DDIM steps
 with ``σ_t = σ√T``, so ``σ_eff = σ``), and ``per-class table`` (one isotropic σ per condition).
 
-Protocol. Conditions are split into calibration and held-out halves. Each strategy's scale for a
+Protocol. Conditions are split into calibration and held-out halves (``split="conditions"``), or every
+condition serves both with independent sample streams (``split="samples"``). Each strategy's scale for a
 target radius ``r`` is chosen on the calibration conditions (calibration stream of samples) as the
 smallest grid scale meeting the target on at least a fraction ``target_fraction`` of them
 (:func:`smoothgen.calibrate.smallest_passing`);
@@ -111,10 +112,17 @@ class Task:
         return max(0.0, cell.sigma_cert * float(special.ndtri(low) - special.ndtri(self.level)))
 
 
-def _split(conditions: Sequence[int]) -> tuple[list[int], list[int]]:
-    """Alternate conditions between calibration (even positions) and held-out (odd positions)."""
+def _split(conditions: Sequence[int], split: str) -> tuple[list[int], list[int]]:
+    """Calibration and held-out conditions. ``split="conditions"``: alternate (even positions calibrate, odd
+    ones are held out: the choice must carry over to unseen conditions); ``"samples"``: every condition in
+    both, the held-out evaluation drawing fresh samples from an independent stream (the choice is made
+    on all conditions)."""
     items = list(conditions)
-    return items[0::2], items[1::2]
+    if split == "conditions":
+        return items[0::2], items[1::2]
+    if split == "samples":
+        return items, items
+    raise ValueError(f"split must be 'conditions' or 'samples', got {split!r}")
 
 
 # ============================================================================================
@@ -205,7 +213,7 @@ def cifar_task(params: dict[str, Any], device: torch.device) -> Task:
     fid = EvaluatorFID(evaluator, test.images[: params["n_real"]])
     geometry = diffusion.embedding_geometry()
     sampler = CifarSampler(diffusion, evaluator, diffusion.conditions(), params["batch_size"])
-    calibration, heldout = _split(params["classes"])
+    calibration, heldout = _split(params["classes"], params["split"])
     unit, steps, shape = geometry["mean_norm"], diffusion.num_steps, (diffusion.embedding_dim,)
     clock = Stopwatch()
     gram = diffusion_gram(diffusion, sampler.conditions[calibration], params)
@@ -299,7 +307,7 @@ def ptb_task(params: dict[str, Any], device: torch.device) -> Task:
     clean = lm(embeds, make_generator(params["seed"], lm.device)).cpu()
     sampler = PtbSampler(lm, embeds, clean, params["ptb_tolerance"], params["batch_size"])
     geometry = lm.embedding_geometry()
-    calibration, heldout = _split(range(len(pairs)))
+    calibration, heldout = _split(range(len(pairs)), params["split"])
     unit, shape = geometry["mean_norm"], tuple(embeds.shape[1:])
     clock = Stopwatch()
     gram = lm_gram(lm, embeds[calibration], params)
@@ -330,7 +338,8 @@ def sweep(task: Task, params: dict[str, Any]) -> dict[tuple[str, str, int, int],
     """
     cells = {}
     jobs = [("calibration", s, task.calibration, task.n_cal) for s in task.strategies]
-    jobs += [("calibration", "isotropic", task.heldout, task.n_cal)]
+    if task.heldout != task.calibration:
+        jobs += [("calibration", "isotropic", task.heldout, task.n_cal)]
     jobs += [("evaluation", s, task.heldout, task.n_eval) for s in task.strategies]
     for stream, strategy, conditions, n in tqdm(jobs, desc=f"{task.name} sweep", leave=False):
         base_seed = derive_seed(params["seed"], 1 if stream == "evaluation" else 0)
