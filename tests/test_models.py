@@ -308,6 +308,7 @@ def test_classifier_normalises_inside_and_exposes_features() -> None:
     mean, std = torch.tensor(model.config.mean).view(1, 3, 1, 1), torch.tensor(model.config.std).view(1, 3, 1, 1)
     assert torch.allclose(feats, model.body((x - mean) / std))
     assert torch.allclose(model(x), model.config.logit_scale * feats @ model.fc.weight.T)
+    assert torch.equal(model.head(feats), model(x))  # one pass gives both features and logits
     assert torch.equal(ClassifierBase(model)(x, make_generator(0, "cpu")), model(x))
     with pytest.raises(ValueError, match="float images"):
         model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))

@@ -107,8 +107,8 @@ def quality(images: torch.Tensor, labels: torch.Tensor, evaluator: torch.nn.Modu
     its 95 % interval (:mod:`smoothgen.intervals`; FID also as a ratio to the base model's, given its
     features ``base``); returns the row and the features."""
     with torch.inference_mode():
-        feats = torch.cat([evaluator.features(chunk) for chunk in images.split(500)]).double().numpy()
-        logits = torch.cat([evaluator(chunk) for chunk in images.split(500)]).double()
+        features = torch.cat([evaluator.features(chunk) for chunk in images.split(500)])
+        feats, logits = features.double().numpy(), evaluator.head(features).double()
     hits = int((logits.argmax(1) == labels).sum())
     draws, seed = params["bootstrap"], params["seed"]
     row = {**intervals.fid(fd, feats, base, draws, seed, "fid_evaluator"),

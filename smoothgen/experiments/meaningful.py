@@ -149,7 +149,7 @@ def cifar_samples(models: Models, method: str, sigma: float, params: dict[str, A
 def _features(evaluator: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
     with torch.inference_mode():
         feats = torch.cat([evaluator.features(images[i : i + batch]) for i in range(0, len(images), batch)])
-        labels = torch.cat([evaluator(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
+        labels = evaluator.head(feats).argmax(1)
     return feats.double().numpy(), labels.numpy()
 
 

@@ -145,9 +145,13 @@ class CifarResNet(nn.Module):
             raise ValueError(f"expected float images in [0, 1], got dtype {x.dtype}; divide uint8 images by 255")
         return self.body((x - self.mean) / self.std)
 
+    def head(self, features: Tensor) -> Tensor:
+        """Logits ``[N, num_classes]`` from penultimate :meth:`features` ``[N, D]``."""
+        return self.config.logit_scale * self.fc(features)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``[N, num_classes]`` of float images ``[N, 3, 32, 32]`` in [0, 1]."""
-        return self.config.logit_scale * self.fc(self.features(x))
+        return self.head(self.features(x))
 
 
 class FeatureExtractor(nn.Module):
