@@ -772,28 +772,30 @@ def breakdown_radius(
     the true breakdown radius). ``pgd_kwargs`` go to :func:`pgd`.
     """
     grid = sorted(float(r) for r in radii)
-    if not grid or grid[0] <= 0 or not all(math.isfinite(r) for r in grid):
-        raise ValueError(f"radii must be a non-empty grid of finite radii > 0, got {radii!r}")
     refine_steps, scale_steps = _check_int("refine_steps", refine_steps, 0), _check_int("scale_steps", scale_steps, 0)
     tried: list[tuple[float, bool, float]] = []
+    hits: dict[float, Tensor] = {}
 
     def attempt(radius: float) -> Tensor | None:
         res = pgd(objective, center, radius, generator=generator, norm=norm, target=threshold, **pgd_kwargs)
         tried.append((radius, res.value > threshold, res.value))
         return res.delta if res.value > threshold else None
 
-    best = attempt(grid[-1])
-    if best is None:
+    def on_grid(radius: float) -> bool:
+        delta = attempt(radius)
+        if delta is not None:
+            hits[radius] = delta
+        return delta is not None
+
+    high, _ = first_on_grid(on_grid, radii)
+    if math.isinf(high):
         return Breakdown(math.inf, math.inf, None, tuple(tried))
-    lo, hi = -1, len(grid) - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        found = attempt(grid[mid])
-        lo, hi, best = (lo, mid, found) if found is not None else (mid, hi, best)
-    low, high = (0.0 if lo < 0 else grid[lo]), grid[hi]
+    hi, best = grid.index(high), hits[high]
+    low = 0.0 if hi == 0 else grid[hi - 1]  # the bisection ends next to the last failing grid radius
     for _ in range(refine_steps):
-        found = attempt(0.5 * (low + high))
-        low, high, best = (low, 0.5 * (low + high), found) if found is not None else (0.5 * (low + high), high, best)
+        mid = 0.5 * (low + high)
+        found = attempt(mid)
+        low, high, best = (low, mid, found) if found is not None else (mid, high, best)
     delta = _refine(objective, center, best, threshold, scale_steps)
     return Breakdown(float(_flat_norm(delta.unsqueeze(0), norm, 1)[0]), grid[hi], delta, tuple(tried))
 

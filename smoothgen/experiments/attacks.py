@@ -323,7 +323,7 @@ def cifar_attack_rows(models: Models, cond: CifarCondition, radius: float, param
 def _verdict_radius(cond: CifarCondition, alpha: float) -> tuple[float, float]:
     """Cohen's radius ``σΦ⁻¹(p̲)`` of the smoothed verdict "the evaluator sees the class" (0 when ``p̲ ≤ 1/2``)."""
     p_lower = float(certify.clopper_pearson_lower(int(cond.consistent.sum()), len(cond.consistent), alpha))
-    return (cond.sigma * float(special.ndtri(p_lower)) if p_lower > 0.5 else 0.0), p_lower
+    return float(certify.cohen_radius(p_lower, cond.sigma)), p_lower
 
 
 def cifar_smoothed_breakdown(models: Models, cond: CifarCondition, grid: np.ndarray,
@@ -528,7 +528,8 @@ def ptb_smoothed_breakdown(lm: LMGenerator, prompt_id: int, center: torch.Tensor
     tokens = torch.as_tensor(decoding.tokens)
     g = make_generator(params["seed"] + 7919 * prompt_id + 11, center.device)
     crn = A.CommonNoise.draw(noise, center.shape, params["ptb_n_eot"], g)
-    objective = A.smoothed_objective(lambda u, _: teacher_logits(lm, tokens)(u), crn, A.token_flip(tokens))
+    logits = teacher_logits(lm, tokens)
+    objective = A.smoothed_objective(lambda u, _: logits(u), crn, A.token_flip(tokens))
     out = A.breakdown_radius(objective, center, grid, generator=g, threshold=0.5, steps=params["ptb_pgd_steps"],
                              restarts=1, refine_steps=params["refine_steps"])
     radius = math.inf

@@ -499,10 +499,8 @@ def _cifar_seed(evaluator: torch.nn.Module, models: Models, block: dict[str, Any
 def _ptb_seed(models: Models, block: dict[str, Any], method: str, rel: float,
               params: dict[str, Any]) -> tuple[float, float, float]:
     """Median continuation radius over the nearest-token unit, stability BLEU-4 and perplexity ratio of one
-    configuration."""
-    sigma, pairs, lm = rel * block["unit"], block["pairs"], models.shipped
-    base = pd.DataFrame([ptb_prompt_config(models, lm, "base", 0.0, i, p, r, block["clean"][i], params)
-                         for i, (p, r) in enumerate(pairs)])
+    configuration (against the main run's base: at σ = 0 nothing depends on the seed)."""
+    sigma, pairs = rel * block["unit"], block["pairs"]
     ref, ref_texts = own_clean(models, method, pairs, {"shipped": (block["clean"], block["clean_texts"])})
     gen = generator_for(models, method, sigma)
     rows = pd.DataFrame([ptb_prompt_config(models, gen, method, sigma, i, p, r, ref[i], params)
@@ -510,7 +508,7 @@ def _ptb_seed(models: Models, block: dict[str, Any], method: str, rel: float,
     if method == "projection":
         rows["continuation_radius"] = ptb_projection(models.codebook, pairs, [sigma], params)["continuation_radius"]
     scores = ptb_text_scores(rows, ref_texts, certified_only=True)
-    ratio = scores["reference_perplexity"] / math.exp(base["reference_nll"].mean())
+    ratio = scores["reference_perplexity"] / math.exp(block["base"]["reference_nll"].mean())
     return float(rows["continuation_radius"].median() / block["unit"]), scores["stability_bleu4"], ratio
 
 
