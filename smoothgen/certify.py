@@ -21,7 +21,7 @@ Contents
   :func:`cohen_predict`, :func:`sequence_certificate`.
 * Concentration (output law fixed on a set of conditions, e.g. a projection front-end):
   :func:`concentration_tv`, :func:`concentration_certificate`, :func:`concentration_certified_radius`.
-* Center smoothing (Kumar & Goldstein 2021): :func:`select_center`, :func:`center_certificate`.
+* Center smoothing (Kumar & Goldstein 2021): :func:`select_center`, :func:`center_certificate`, :func:`center_min_samples`.
 
 Anisotropic noise :math:`N(0, \Sigma)`: every bound below depends on ``radius`` and ``sigma``
 only through ``radius / sigma``; pass ``radius = ‖Σ^{-1/2} δ‖`` (or an upper bound on it over the
@@ -1341,6 +1341,25 @@ def _check_center_delta_coeff(delta: ArrayLike, radius_coeff: ArrayLike) -> tupl
         raise ValueError(f"radius_coeff must be a finite number >= 3 (= 1 + beta with beta = 2: select_center's "
                          f"center is only 2-approximate), got {coeff!r}")
     return dlt, coeff
+
+
+def center_min_samples(delta: float, alpha_1: float = 0.005) -> int:
+    r"""The smallest batch size at which center smoothing's Δ-check can pass: ``⌈ln(2/α₁) / (2Δ²)⌉``.
+
+    The check (:func:`center_certificate`) needs ``Δ₁ = sqrt(ln(2/α₁)/(2n)) <= Δ`` for the ``n``
+    center-estimation samples, and ``Δ₂ = 1/2 − (frac − sqrt(ln(2/α₁)/(2n'))) <= Δ`` for the ``n'``
+    check samples, where ``frac`` is about 1/2 (the share of fresh samples within the center's median
+    distance). Both batches therefore need at least this many samples; with fewer the certificate
+    abstains whatever the outputs are. At the reference's ``Δ = 0.05, α₁ = 0.005`` it is 1,199.
+
+    Raises
+    ------
+    ValueError
+        Unless ``Δ ∈ (0, 1/2)`` and ``α₁ ∈ (0, 1)``.
+    """
+    dlt, _ = _check_center_delta_coeff(delta, 3.0)
+    a1 = _check_alpha(alpha_1, "alpha_1")
+    return math.ceil(math.log(2.0 / a1) / (2.0 * dlt * dlt))
 
 
 def _center_check(median_radius: float, n: int, check: np.ndarray, alpha_1: float) -> tuple[float, float]:

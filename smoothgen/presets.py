@@ -350,6 +350,19 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "ptb_target_radii_rel": [0.0025, 0.005, 0.01, 0.02, 0.05], "cell_n_cal": 100_000,
                 "cell_n_cert": 1_000_000, "cell_ptb_n_cal": 20_000, "cell_ptb_n": 100_000},
     },
+    # Guidance weights 1 (plain conditional), 2 and the card's 4; the focus class and σ of notebook 03; Δ = 0.05
+    # is center smoothing's reference value (Kumar & Goldstein 2021), 0.3 notebook 03's.
+    "09_ablations": {
+        "smoke": {**_CIFAR_BASE, "steps": 2, "classes": [0, 1], "sigma_rel": [0.0, 0.2], "guidance_scales": [1.0, 4.0],
+                  "n": 6, "n_pilot": 4, "bootstrap": 5, "batch_size": 12, "n_real": 64, "grid_samples": 2,
+                  "radii_rel": [0.1, 0.5], "sample_sizes": [12, 24], "center_deltas": [0.1, 0.3]},
+        "cpu": {**_CIFAR_BASE, "steps": 10, "sigma_rel": [0.0, 0.02, 0.05], "guidance_scales": [1.0, 2.0, 4.0], "n": 80,
+                "n_pilot": 16, "batch_size": 80, "n_real": 10_000, "grid_samples": 2,
+                "sample_sizes": [80, 160, 320, 640, 1280], "center_deltas": [0.05, 0.1, 0.2, 0.3]},
+        "gpu": {**_CIFAR_BASE, "steps": 50, "sigma_rel": [0.0, 0.01, 0.02, 0.05], "guidance_scales": [1.0, 2.0, 3.0, 4.0, 5.0],
+                "n": 1000, "n_pilot": 500, "batch_size": 1000, "n_real": 10_000, "grid_samples": 2,
+                "sample_sizes": [1000, 3000, 10_000, 30_000], "center_deltas": [0.05, 0.1, 0.2, 0.3]},
+    },
 }
 
 
@@ -371,6 +384,10 @@ wall time of 03 and 04 by about K):
 - 01: 500 images × 3 σ × (n0 + n) = 1.5·10⁸ classifier rows.
 - 08: 5 methods × 10 σ × 10 classes × ``n_quality`` = 500,000 images × 20 steps = 10⁷ UNet rows for
   its quality grid (plus the breakdown attacks and the PTB side, not counted here).
+- 09: 5 guidance weights × 4 σ × 10 classes × 1,000 images plus 30,500 for the focus class =
+  230,500 images × 50 steps ≈ 1.2·10⁷ UNet rows (twice that for the guided ones); its center smoothing
+  at Δ = 0.05 then has 10⁴ samples per stage, the reference's center batch (its 10⁶ certification
+  samples stay out of reach).
 - 06: all 10 classes and 200 prompts (``cell_ptb_prompts`` too); 05: 200 prompts; neither is
   estimated here.
 

@@ -105,7 +105,7 @@ file). ``fetch`` gets every split: the tests and the model training read them to
 DATA_NEEDS: dict[str, tuple[str, ...]] = {
     "01_smoothing_classifiers": ("cifar10",), "02_certificates": (), "03_cifar10": ("cifar10",),
     "04_ptb": ("ptb",), "05_adaptive_noise": ("cifar10", "ptb"), "06_attacks": ("ptb",),
-    "07_overhead": ("cifar10",), "08_meaningful_radii": ("cifar10", "ptb"),
+    "07_overhead": ("cifar10",), "08_meaningful_radii": ("cifar10", "ptb"), "09_ablations": ("cifar10",),
 }
 """The datasets (keys of :data:`DATASETS`) each notebook reads."""
 

@@ -562,6 +562,7 @@ def test_example_role_computes_closed_forms_with_the_library() -> None:
     assert eta == pytest.approx(math.sqrt(math.log(1000) / 2000))
     assert lookup("variance_tv?d=128&kappa=1.05:.3f") == "0.303"  # the table of adaptive.md
     assert lookup("dkw_samples?r=0.1&alpha=0.001&factor=10:,d") == "217,195"
+    assert lookup("center_min_samples?delta=0.05:,d") == "1,199"  # ⌈ln(400) / 0.005⌉, the reference's Δ and α₁
     assert set(EXAMPLES) >= {"cohen_radius", "tv_bound", "clopper_pearson_lower", "w1_radius", "concentration_tv"}
     for bad, match in [("no_such_thing?p=0.5", "unknown example"), ("cohen_radius?p=0.9&q=0.5", "unexpected keyword"),
                        ("cohen_radius?sigma=1", "missing a required"), ("cohen_radius?p=high", "not a number"),

@@ -489,6 +489,27 @@ def test_center_certificate_outcomes() -> None:
     assert not certify.center_certificate(pairwise, near, near, 0.05, 0.25).is_good
 
 
+@pytest.mark.parametrize("delta", [0.05, 0.1, 0.3])
+def test_center_min_samples_is_where_the_check_first_can_pass(delta: float) -> None:
+    """Δ₁ <= Δ exactly from center_min_samples on: with one sample fewer the certificate abstains on any
+    outputs (here all identical, the easiest case), with exactly that many its check passes."""
+    need = certify.center_min_samples(delta)
+    assert need == math.ceil(math.log(2 / 0.005) / (2 * delta**2))
+    assert certify.center_min_samples(0.05) == 1199 and certify.center_min_samples(0.05, 0.05) < 1199
+
+    def outcome(n: int) -> certify.CenterCertificate:
+        same = np.zeros(n)
+        return certify.center_certificate(np.zeros((n, n)), same, same, 0.01, 1.0, delta=delta)
+
+    assert outcome(need - 1).abstained and not outcome(need - 1).is_good
+    passed = outcome(need)  # the check passes; it still abstains where ν + η >= 1 (small n, large Δ)
+    assert passed.is_good and passed.radius == (math.inf if passed.quantile >= 1 else 0.0)
+    with pytest.raises(ValueError, match="delta"):
+        certify.center_min_samples(0.5)
+    with pytest.raises(ValueError, match="alpha_1"):
+        certify.center_min_samples(0.1, 1.0)
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------------------------

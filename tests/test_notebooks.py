@@ -154,7 +154,23 @@ def _check_meaningful(tables: dict[str, pd.DataFrame]) -> None:
     assert (seeds.groupby("dataset")["headline_seed"].nunique() == 2).all() and len(seeds) == 2 * seeds["dataset"].nunique()
 
 
-CHECKS = {"08_meaningful_radii": _check_meaningful, "05_adaptive_noise": _check_adaptive_noise, "06_attacks": _check_attacks, "01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,
+def _check_ablations(tables: dict[str, pd.DataFrame]) -> None:
+    from smoothgen import certify
+
+    guidance = tables["guidance"]
+    assert guidance["guidance_scale"].nunique() >= 2 and (guidance.groupby("guidance_scale")["sigma_rel"].min() == 0).all()
+    base = guidance["sigma_rel"] == 0  # the FID ratio refers to σ = 0 at the same weight: defined exactly off it
+    assert guidance.loc[base, "fid_evaluator_ratio"].isna().all() and guidance.loc[~base, "fid_evaluator_ratio"].notna().all()
+    assert ((guidance["class_consistency_low"] <= guidance["class_consistency"])
+            & (guidance["class_consistency"] <= guidance["class_consistency_high"])).all()
+    sizes = tables["sample_size"]
+    assert (sizes["w1_certificate"] <= sizes["w1_diameter_bound"] + 1e-12).all() and sizes["n"].nunique() >= 2
+    center = tables["center"]
+    need = center["center_delta"].map(certify.center_min_samples)
+    assert (center["stage_n_needed"] == need).all() and center.loc[center["stage_n"] < need, "abstained"].all()
+
+
+CHECKS = {"09_ablations": _check_ablations, "08_meaningful_radii": _check_meaningful, "05_adaptive_noise": _check_adaptive_noise, "06_attacks": _check_attacks, "01_smoothing_classifiers": _check_classifiers, "02_certificates": _check_certificates,
           "03_cifar10": _check_cifar10, "04_ptb": _check_ptb, "07_overhead": _check_overhead}
 
 

@@ -139,7 +139,7 @@ def test_clean_executed_drops_stderr_and_machine_paths(tmp_path: Path) -> None:
 
 
 def test_overrides_are_checked_against_every_notebook_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``{"n": 200}`` fits 01-04 only: the run stops before 01 with the notebooks, ``--only`` and the valid keys."""
+    """``{"n": 200}`` fits 01-04 and 09 only: the run stops before 01 with the notebooks, ``--only`` and the valid keys."""
     monkeypatch.setattr(study, "run_notebook", _never_run)
     with pytest.raises(ValueError) as info:
         study.run_study("cpu", overrides={"n": 200})

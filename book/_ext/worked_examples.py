@@ -23,7 +23,8 @@ The registry (:func:`registry_table` lists it with each function's parameters):
 * Generators: ``tv_bound``, ``w1_bound``, ``w1_radius``, ``np_lower``, ``np_upper``, ``np_mc_lower``,
   ``np_mc_upper`` (from a hit count), ``concentration_tv``, ``concentration_gain`` (``τ`` over it),
   ``concentration_radius``, ``dkw_margin``, ``dkw_samples`` (the fewest draws whose DKW margin is at most
-  ``tv_bound / factor``), ``sigma_eff`` (``smoothgen.calibrate.effective_sigma`` of a schedule).
+  ``tv_bound / factor``), ``center_min_samples`` (the smallest batch at which center smoothing's
+  Δ-check can pass), ``sigma_eff`` (``smoothgen.calibrate.effective_sigma`` of a schedule).
 * Front-end geometry: ``voronoi_exit`` (the union bound on leaving a Voronoi cell),
   ``simplex_exit_lower`` (a Bonferroni lower bound on it for a regular simplex), ``identity_draws``,
   ``identity_radius``.
@@ -193,6 +194,11 @@ def dkw_samples(r: float, alpha: float, sigma: float = 1.0, factor: float = 1.0)
     return n
 
 
+def center_min_samples(delta: float, alpha_1: float = 0.005) -> int:
+    """The fewest samples per batch at which center smoothing's Δ-check can pass: ``⌈ln(2/α₁) / (2Δ²)⌉``."""
+    return certify.center_min_samples(delta, alpha_1)
+
+
 def sigma_eff(sigma: float, steps: int = 1, first: float | None = None) -> float:
     """``σ_eff`` of ``steps`` fresh noisy copies: the first at ``first`` (default ``sigma``), the rest at ``sigma``."""
     from smoothgen import calibrate  # imports torch: only when a page asks for it
@@ -276,7 +282,7 @@ EXAMPLES: dict[str, Callable[..., Any]] = {f.__name__: f for f in (
     cohen_radius, clopper_pearson_lower, cohen_certify, max_radius, samples_for_radius, binomial_pvalue, tie_certify,
     tv_bound, w1_bound, w1_radius, np_lower, np_upper, np_mc_lower, np_mc_upper, concentration_tv,
     concentration_gain, concentration_radius, dkw_margin,
-    dkw_samples, sigma_eff, voronoi_exit, simplex_exit_lower, identity_draws, identity_radius, phi, phi_inv,
+    dkw_samples, center_min_samples, sigma_eff, voronoi_exit, simplex_exit_lower, identity_draws, identity_radius, phi, phi_inv,
     variance_tv)}
 """The functions the ``example`` role may call, by name."""
 
