@@ -38,6 +38,17 @@ def recorded(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def totals(rows: list[dict[str, Any]]) -> dict[str, float | int]:
+    """``<preset>_total_wall_s`` (sum of the notebooks' recorded wall times, hours in ``..._wall_h``) and
+    ``<preset>_notebooks`` (how many have a recorded time), per preset."""
+    out: dict[str, float | int] = {}
+    for preset in sorted({row["preset"] for row in rows}):
+        times = [row["notebook_wall_s"] for row in rows if row["preset"] == preset and row.get("notebook_wall_s")]
+        out |= {f"{preset}_total_wall_s": round(sum(times), 1), f"{preset}_total_wall_h": round(sum(times) / 3600, 2),
+                f"{preset}_notebooks": len(times)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", choices=["smoke", "cpu", "gpu"], help="execute the notebooks at this preset first")
@@ -49,7 +60,7 @@ def main() -> None:
             print(f"{notebook.stem} [{args.run}]: {stamp['wall_time_s']} s", flush=True)
     rows = recorded(results_root())
     _common.print_table(rows, ["notebook", "preset", "notebook_wall_s", "experiment_wall_s"])
-    _common.write("notebook_times", {"rows": rows, "args": vars(args)})
+    _common.write("notebook_times", {"rows": rows, **totals(rows), "args": vars(args)})
 
 
 if __name__ == "__main__":

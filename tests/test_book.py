@@ -587,7 +587,7 @@ def test_every_example_in_the_chapters_computes() -> None:
 
 
 COURSE_CHAPTERS = ("intro", "classifiers", "generators", "cifar10", "ptb", "meaningful", "adaptive", "attacks",
-                   "overhead", "limitations", "reproducing")
+                   "overhead", "ablations", "limitations", "reproducing")
 """Chapters written as course material (learning goals, prerequisites, key takeaways, exercises with solutions)."""
 
 
