@@ -175,6 +175,16 @@ CHECKS = {"09_ablations": _check_ablations, "08_meaningful_radii": _check_meanin
 
 
 PUBLISHED = sorted((study.repo_root() / "book" / "notebooks").glob("*.ipynb"))
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+@pytest.mark.parametrize("path", [*NOTEBOOKS, *PUBLISHED], ids=[f"{p.parent.name}/{p.stem}" for p in [*NOTEBOOKS, *PUBLISHED]])
+def test_cell_sources_hold_no_control_characters(path: Path) -> None:
+    """A LaTeX escape written through a Python string (``"\varepsilon"`` is a vertical tab and ``arepsilon``)
+    leaves a control character in the cell; MathJax then shows ``arepsilon``."""
+    nb = nbformat.read(path, as_version=4)
+    bad = {i: _CONTROL.findall(cell.source) for i, cell in enumerate(nb.cells) if _CONTROL.search(cell.source)}
+    assert not bad, f"control characters in cells {bad}"
 
 
 @pytest.mark.parametrize("path", PUBLISHED, ids=[p.stem for p in PUBLISHED])
