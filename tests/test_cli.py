@@ -49,8 +49,8 @@ def test_unknown_override_fails_before_any_notebook_runs(isolated: Path, capsys:
 
 
 def test_unknown_notebook_is_a_one_line_error(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["study", "--only", "09"]) == 2
-    assert "unknown notebook(s) ['09']" in _error_line(capsys)
+    assert cli.main(["study", "--only", "99"]) == 2
+    assert "unknown notebook(s) ['99']" in _error_line(capsys)
 
 
 def test_missing_data_exits_3_with_where_to_put_it(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
