@@ -1332,11 +1332,17 @@ def _check_center_alphas(alpha_1: ArrayLike, alpha_2: ArrayLike) -> tuple[float,
     return a1, a2
 
 
-def _check_center_delta_coeff(delta: ArrayLike, radius_coeff: ArrayLike) -> tuple[float, float]:
-    """``Δ ∈ (0, 1/2)`` and a finite ``radius_coeff >= 3`` (``1 + β`` for the 2-approximate center)."""
-    dlt, coeff = _scalar(delta, "delta"), _scalar(radius_coeff, "radius_coeff")
+def _check_center_delta(delta: ArrayLike) -> float:
+    """``Δ ∈ (0, 1/2)``."""
+    dlt = _scalar(delta, "delta")
     if not 0.0 < dlt < 0.5:
         raise ValueError(f"delta must lie in (0, 1/2), got {dlt!r}")
+    return dlt
+
+
+def _check_center_delta_coeff(delta: ArrayLike, radius_coeff: ArrayLike) -> tuple[float, float]:
+    """``Δ ∈ (0, 1/2)`` and a finite ``radius_coeff >= 3`` (``1 + β`` for the 2-approximate center)."""
+    dlt, coeff = _check_center_delta(delta), _scalar(radius_coeff, "radius_coeff")
     if not (math.isfinite(coeff) and coeff >= 3.0):
         raise ValueError(f"radius_coeff must be a finite number >= 3 (= 1 + beta with beta = 2: select_center's "
                          f"center is only 2-approximate), got {coeff!r}")
@@ -1357,7 +1363,7 @@ def center_min_samples(delta: float, alpha_1: float = 0.005) -> int:
     ValueError
         Unless ``Δ ∈ (0, 1/2)`` and ``α₁ ∈ (0, 1)``.
     """
-    dlt, _ = _check_center_delta_coeff(delta, 3.0)
+    dlt = _check_center_delta(delta)
     a1 = _check_alpha(alpha_1, "alpha_1")
     return math.ceil(math.log(2.0 / a1) / (2.0 * dlt * dlt))
 

@@ -28,7 +28,6 @@ from smoothgen.experiments.common import StudyResult, Stopwatch, finish
 from smoothgen.models.classifier import load_classifier
 from smoothgen.models.diffusion import DiffusionGenerator, load_diffusion
 from smoothgen.runtime import resolve_device
-from smoothgen.smoothing import medoid
 
 EXPERIMENT = "09_ablations"
 
@@ -66,15 +65,10 @@ def guidance_block(evaluator: torch.nn.Module, fd: intervals.Frechet, unit: floa
 
 def focus_samples(diffusion: DiffusionGenerator, evaluator: torch.nn.Module, unit: float,
                   params: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray, np.ndarray, float]:
-    """``n_max`` smoothed images of the focus class at ``focus_sigma_rel``, their RMS distances to the medoid
-    of an independent pilot batch, whether the evaluator sees the class in each, and ``σ``."""
+    """``n_max`` smoothed images of the focus class at ``focus_sigma_rel`` (:func:`cifar10.focus_draw`) and ``σ``."""
     k, sigma = params["focus_class"], params["focus_sigma_rel"] * unit
-    condition, seed = diffusion.conditions()[k], params["seed"] + 1000 * k + 9
-    images = cifar10.draw(diffusion, condition, sigma, max(params["sample_sizes"]), seed, params["batch_size"])
-    with torch.inference_mode():
-        consistent = (torch.cat([evaluator(chunk) for chunk in images.split(500)]).argmax(1) == k).numpy()
-    pilot = cifar10.draw(diffusion, condition, sigma, params["n_pilot"], seed + 1, params["batch_size"])
-    return images, cifar10.rms_distance(images, medoid(pilot)), consistent, sigma
+    return (*cifar10.focus_draw(diffusion, evaluator, k, sigma, max(params["sample_sizes"]),
+                                params["seed"] + 1000 * k + 9, params), sigma)
 
 
 def sample_size_block(images: torch.Tensor, distances: np.ndarray, consistent: np.ndarray, sigma: float,
@@ -90,14 +84,15 @@ def center_block(images: torch.Tensor, sigma: float, radii: np.ndarray, params: 
     """Center smoothing's certified RMS radius (``inf``: abstained) per ``Δ``, sample size and radius, beside the
     smallest stage size (a third of ``n``) at which its Δ-check can pass at ``α₁ = 0.005``."""
     rows = []
-    for delta in params["center_deltas"]:
-        need = certify.center_min_samples(delta, 0.005)
-        for n in params["sample_sizes"]:
+    for n in params["sample_sizes"]:
+        distances = cifar10.center_distances(images[:n])
+        for delta in params["center_deltas"]:
+            need = certify.center_min_samples(delta, 0.005)
             for r in radii:
-                radius = cifar10.center_radius(images[:n], r, sigma, {**params, "center_delta": delta})
+                radius = certify.center_certificate(*distances, r, sigma, delta=delta).radius
                 rows.append({"center_delta": delta, "n": n, "stage_n": n // 3, "stage_n_needed": need,
                              "radius": r, "center_radius": radius, "abstained": not np.isfinite(radius)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["center_delta", "n", "radius"], kind="stable", ignore_index=True)
 
 
 def run(params: dict[str, Any]) -> StudyResult:

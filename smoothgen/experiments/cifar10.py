@@ -82,16 +82,31 @@ def certify_samples(images: torch.Tensor, distances: np.ndarray, consistent: np.
     return pd.DataFrame(rows)
 
 
-def center_radius(images: torch.Tensor, radius: float, sigma: float, params: dict[str, Any]) -> float:
-    """Center smoothing's certified RMS radius, with the samples split into center/check/certify thirds."""
+def center_distances(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Center smoothing's inputs with the samples split into center/check/certify thirds: the first third's
+    pairwise RMS distances and the other thirds' RMS distances to its center (:func:`certify.select_center`)."""
     third = images.shape[0] // 3
     first, check, cert = images[:third], images[third : 2 * third], images[2 * third :]
     pairwise = rms_pairwise(first, first)
-    index, _ = certify.select_center(pairwise)
-    center = first[index]
-    result = certify.center_certificate(pairwise, rms_distance(check, center), rms_distance(cert, center),
-                                        radius, sigma, delta=params["center_delta"])
-    return result.radius
+    center = first[certify.select_center(pairwise)[0]]
+    return pairwise, rms_distance(check, center), rms_distance(cert, center)
+
+
+def center_radius(images: torch.Tensor, radius: float, sigma: float, params: dict[str, Any]) -> float:
+    """Center smoothing's certified RMS radius (``inf``: abstained) from :func:`center_distances`."""
+    return certify.center_certificate(*center_distances(images), radius, sigma, delta=params["center_delta"]).radius
+
+
+def focus_draw(diffusion: DiffusionGenerator, evaluator: torch.nn.Module, k: int, sigma: float, n: int, seed: int,
+               params: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """``n`` smoothed images of class ``k`` from ``seed``, their RMS distances to the medoid of an independent
+    pilot batch (seed ``seed + 1``, ``n_pilot`` images), and whether the evaluator sees class ``k`` in each."""
+    condition = diffusion.conditions()[k]
+    images = draw(diffusion, condition, sigma, n, seed, params["batch_size"])
+    with torch.inference_mode():
+        consistent = (torch.cat([evaluator(chunk) for chunk in images.split(500)]).argmax(1) == k).numpy()
+    pilot = draw(diffusion, condition, sigma, params["n_pilot"], seed + 1, params["batch_size"])
+    return images, rms_distance(images, medoid(pilot)), consistent
 
 
 def certified_radii(distances: np.ndarray, sigma: float, params: dict[str, Any]) -> dict[str, float]:
@@ -149,12 +164,8 @@ def run_focus(diffusion: DiffusionGenerator, evaluator: torch.nn.Module, unit: f
     """Every certificate of one class at one σ from ``focus_n`` samples (many more than the grid's
     ``n``): how the data-dependent certificates tighten with the sample size."""
     k, sigma = params["focus_class"], params["focus_sigma_rel"] * unit
-    condition, seed = diffusion.conditions()[k], params["seed"] + 1000 * k + 7
-    images = draw(diffusion, condition, sigma, params["focus_n"], seed, params["batch_size"])
-    with torch.inference_mode():
-        consistent = (evaluator(images).argmax(1) == k).numpy()
-    pilot = draw(diffusion, condition, sigma, params["n_pilot"], seed + 1, params["batch_size"])
-    distances = rms_distance(images, medoid(pilot))
+    images, distances, consistent = focus_draw(diffusion, evaluator, k, sigma, params["focus_n"],
+                                               params["seed"] + 1000 * k + 7, params)
     table = certify_samples(images, distances, consistent, sigma, radii, params)
     return table.assign(**{"class": k, "sigma_rel": params["focus_sigma_rel"], "sigma": sigma, "n": params["focus_n"],
                            "class_consistency": float(consistent.mean()),
