@@ -150,6 +150,9 @@ def _check_meaningful(tables: dict[str, pd.DataFrame]) -> None:
     assert ((quality["class_consistency_low"] <= quality["class_consistency"])
             & (quality["class_consistency"] <= quality["class_consistency_high"])).all()
     assert set(tables["choices"]["prefix"].fillna("")) == {"", "noise_trained_", "naive_"}
+    large = tables["cifar_fid_large"]  # the base first, then each chosen headline configuration once, on more images
+    assert large["role"].iloc[0] == "base" and large["role"].is_unique and np.isclose(large["fid_ratio"].iloc[0], 1.0)
+    assert (large["n_images"] > quality["n_images"].max()).all() and (large["fid_low"] <= large["fid_high"]).all()
     seeds = tables["headline_seeds"]  # each chosen headline configuration at the main seed and every extra one
     assert (seeds.groupby("dataset")["headline_seed"].nunique() == 2).all() and len(seeds) == 2 * seeds["dataset"].nunique()
 
