@@ -520,16 +520,19 @@ def test_result_role_reads_json_keys_and_single_csv_rows(tmp_path: Path) -> None
     from study_results import ResultError, lookup
 
     (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "s.json").write_text(json.dumps({"a": 0.8123, "m": "projection", "none": None}))
+    (tmp_path / "x" / "s.json").write_text(json.dumps({"a": 0.8123, "m": "projection", "none": None,
+                                                       "params": {"n": 40, "grid": {"w": 2.0}}}))
     (tmp_path / "x" / "t.csv").write_text('method,sigma_rel,fid\nnaive,0.1,30.5\nprojection,0.1,25.25\n')
     assert lookup(tmp_path, "x/s.json#a:.0%") == "81%"
     assert lookup(tmp_path, "x/s.json#a") == "0.812"
     assert lookup(tmp_path, "x/s.json#m:s") == "projection"
+    assert lookup(tmp_path, "x/s.json#params.n:d") == "40" and lookup(tmp_path, "x/s.json#params.grid.w:g") == "2"
     assert lookup(tmp_path, 'x/t.csv?method == "projection"#fid:.1f') == "25.2"
     assert lookup(tmp_path, "x/s.json#none:.1%") == "none (no configuration qualified)"
     assert lookup(tmp_path, "x/t.csv?sigma_rel == 0.1#fid@max:.2f") == "30.50"
     assert lookup(tmp_path, "x/t.csv#fid@count:d") == "2" and lookup(tmp_path, "x/t.csv#fid@mean:.3f") == "27.875"
-    for bad, match in [("x/s.json#b", "no key"), ("x/u.json#a", "no result file"),
+    for bad, match in [("x/s.json#b", "no key"), ("x/s.json#params.m", "no key 'm'"), ("x/s.json#a.b", "no key 'b'"),
+                       ("x/u.json#a", "no result file"),
                        ("x/t.csv?sigma_rel == 0.1#fid", "2 rows"), ("x/s.json", "expected"),
                        ("x/t.csv#fid@mode", "unknown aggregate"), ('x/t.csv?method == "soft"#fid@min', "no row")]:
         with pytest.raises(ResultError, match=match):

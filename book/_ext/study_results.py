@@ -5,7 +5,8 @@ Usage in a chapter (MyST)::
     {result}`08_meaningful_radii/cpu/summary.json#cifar10_class_radius_frac_half_gap:.0%`
     {result}`08_meaningful_radii/cpu/cifar_quality.csv?method == "projection" and sigma_rel == 0.25#fid_ratio:.2f`
 
-``<file>#<key>`` reads a key of a JSON file; ``<file>?<pandas query>#<column>`` reads one column of
+``<file>#<key>`` reads a key of a JSON file (``a.b``: the key ``b`` inside the object at key ``a``, e.g.
+a run's parameter ``meta.json#params.n_prompts``); ``<file>?<pandas query>#<column>`` reads one column of
 the single CSV row that matches the query; ``<file>[?<query>]#<column>@<agg>`` aggregates the column
 over every matching row (``agg`` in :data:`AGGREGATES`: ``min``, ``max``, ``median``, ``mean``,
 ``sum``, ``count``; NaN cells are skipped, and no matching row is an error). ``:<format>`` is a Python format spec (default ``.3g``).
@@ -59,6 +60,15 @@ def aggregate(file: Path, query: str | None, field: str, text: str) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def json_value(data: Any, field: str, text: str) -> Any:
+    """The value at the dotted key path ``field`` of a parsed JSON document."""
+    for key in field.split("."):
+        if not isinstance(data, dict) or key not in data:
+            raise ResultError(f"{text!r}: no key {key!r} on the path {field!r}")
+        data = data[key]
+    return data
+
+
 def lookup(root: Path, text: str) -> str:
     """The formatted value that ``text`` names under ``root``."""
     path, query, field, spec = parse(text)
@@ -68,10 +78,7 @@ def lookup(root: Path, text: str) -> str:
     if "@" in field:
         value: Any = aggregate(file, query, field, text)
     elif query is None:
-        data = json.loads(file.read_text())
-        if field not in data:
-            raise ResultError(f"{text!r}: {path} has no key {field!r}")
-        value = data[field]
+        value = json_value(json.loads(file.read_text()), field, text)
     else:
         rows = pd.read_csv(file).query(query)
         if len(rows) != 1 or field not in rows:
