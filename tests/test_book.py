@@ -662,9 +662,11 @@ def test_chapters_type_no_result_numbers() -> None:
         if chapter.name == "README.md":
             continue
         found = {m.group(0) for m in _NUMBER.finditer(_prose(chapter.read_text()))}
-        extra, stale = found - _ALLOWED.get(chapter.name, set()), _ALLOWED.get(chapter.name, set()) - found
-        typed.update({chapter.name: sorted(extra)} if extra else {})
-        unused.update({chapter.name: sorted(stale)} if stale else {})
+        allowed = _ALLOWED.get(chapter.name, set())
+        if found - allowed:
+            typed[chapter.name] = sorted(found - allowed)
+        if allowed - found:
+            unused[chapter.name] = sorted(allowed - found)
     assert not typed, f"numbers typed in prose (use the result role, see book/_ext/study_results.py): {typed}"
     assert not unused, f"allowed numbers that no chapter types any more (drop them from _ALLOWED): {unused}"
 

@@ -83,14 +83,13 @@ def sample_size_block(images: torch.Tensor, distances: np.ndarray, consistent: n
 def center_block(images: torch.Tensor, sigma: float, radii: np.ndarray, params: dict[str, Any]) -> pd.DataFrame:
     """Center smoothing's certified RMS radius (``inf``: abstained) per ``Δ``, sample size and radius, beside the
     smallest stage size (a third of ``n``) at which its Δ-check can pass at ``α₁ = 0.005``."""
-    rows = []
+    rows, need = [], {delta: certify.center_min_samples(delta, 0.005) for delta in params["center_deltas"]}
     for n in params["sample_sizes"]:
         distances = cifar10.center_distances(images[:n])
         for delta in params["center_deltas"]:
-            need = certify.center_min_samples(delta, 0.005)
             for r in radii:
                 radius = certify.center_certificate(*distances, r, sigma, delta=delta).radius
-                rows.append({"center_delta": delta, "n": n, "stage_n": n // 3, "stage_n_needed": need,
+                rows.append({"center_delta": delta, "n": n, "stage_n": n // 3, "stage_n_needed": need[delta],
                              "radius": r, "center_radius": radius, "abstained": not np.isfinite(radius)})
     return pd.DataFrame(rows).sort_values(["center_delta", "n", "radius"], kind="stable", ignore_index=True)
 
