@@ -77,6 +77,8 @@ __all__ = [
     "MetricResult",
     "SentenceEncoder",
     "bleu",
+    "bleu_from_statistics",
+    "bleu_statistics",
     "class_consistency",
     "distinct_n",
     "frechet_distance",
@@ -966,6 +968,38 @@ def bleu(
     metric = BLEUScore(n_gram=n_gram, smooth=smooth, **LOCAL)
     metric.update(preds_, refs_)
     return float(metric.compute())
+
+
+def bleu_statistics(preds: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]], n_gram: int = 4) -> np.ndarray:
+    r"""The sufficient statistics of corpus BLEU over ``preds``:
+    :math:`[c, r, m_1, \dots, m_N, l_1, \dots, l_N]` (prediction length, closest reference length,
+    clipped n-gram matches and n-gram counts, each summed over the predictions).
+
+    They add over disjoint sets of predictions, so a bootstrap over groups of predictions (e.g. the
+    samples of one prompt) sums the groups' statistics and calls :func:`bleu_from_statistics`, which
+    returns exactly :func:`bleu` of the union, without scoring any text again.
+    """
+    preds_, refs_ = _check_texts(preds, refs)
+    metric = BLEUScore(n_gram=n_gram, **LOCAL)
+    metric.update(preds_, refs_)
+    return np.concatenate([[float(metric.preds_len), float(metric.target_len)],
+                           metric.numerator.double().numpy(), metric.denominator.double().numpy()])
+
+
+def bleu_from_statistics(stats: np.ndarray, smooth: bool = False) -> float:
+    r"""Corpus BLEU from summed :func:`bleu_statistics`, with :func:`bleu`'s formula and conventions:
+    :math:`\mathrm{BP}\cdot\exp(\frac1N\sum_n\log p_n)`, :math:`p_n = m_n/l_n`, smoothed to
+    :math:`(m_n+1)/(l_n+1)` for :math:`n\ge2` when ``smooth``, and 0 when some order has no match."""
+    stats = np.asarray(stats, dtype=float)
+    if stats.ndim != 1 or stats.size < 4 or stats.size % 2:
+        raise ValueError(f"stats must be [c, r, m_1..m_N, l_1..l_N], got shape {stats.shape}")
+    c, r, (m, l) = stats[0], stats[1], np.split(stats[2:], 2)
+    if m.min() == 0.0:
+        return 0.0
+    p = (m + 1) / (l + 1) if smooth else m / l
+    p[0] = m[0] / l[0]
+    brevity = 1.0 if c > r else math.exp(1 - r / c)
+    return float(brevity * math.exp(np.log(p).mean()))
 
 
 def rouge(preds: Sequence[str], refs: Sequence[str] | Sequence[Sequence[str]]) -> dict[str, float]:

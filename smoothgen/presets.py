@@ -187,7 +187,7 @@ _ADAPTIVE_CIFAR = ["isotropic", "anisotropic-lowrank", "anisotropic-diagonal", "
 _ADAPTIVE_PTB = ["isotropic", "anisotropic-lowrank", "anisotropic-diagonal"]
 
 _ADAPTIVE_BASE = {"seed": 0, "device": None, "guidance_scale": None, "classes": list(range(10)), "split": "samples",
-         "alpha": 0.05,
+         "alpha": 0.05, "bootstrap": 200,
          "kappa": 0.5, "target_fraction": 0.6, "ptb_tolerance": 0.3, "tv_level": 0.5, "power": 1.0,
          "max_ratio": 4.0, "is_splits": 2, "gram_oversample": 4, "gram_iters": 1, "prompt_len": 5,
          "cifar_strategies": _ADAPTIVE_CIFAR, "ptb_strategies": _ADAPTIVE_PTB, **_ADAPTIVE_TOY,
@@ -328,6 +328,7 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "05_adaptive_noise": {
         "smoke": {**_ADAPTIVE_BASE, "models": "tiny", "tasks": ["cifar10", "ptb"], "steps": 2, "classes": [0, 1, 2, 3],
+                  "bootstrap": 5,
                   "n_real": 64, "batch_size": 16, "gram_method": "subspace", "gram_draws": 1, "gram_rank": 2,
                   "ptb_gram_rank": 2, "gram_probes": 2, "gram_max_rows": 16, "target_fraction": 0.5,
                   "cifar_n_cal": 8, "cifar_n_eval": 8, "cifar_scales": [0.05, 0.2], "cifar_target_radii_rel": [0.001],

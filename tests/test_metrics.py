@@ -201,6 +201,31 @@ def test_bleu_identical_is_one_and_a_changed_word_matches_the_hand_value():
     assert M.bleu([pred], [["the dog sat", pred]]) == pytest.approx(1.0, abs=1e-7)
 
 
+def test_bleu_statistics_add_over_groups_and_give_bleu_of_the_union():
+    rng = np.random.default_rng(3)
+    words = "the of a in to market stock said year company".split()
+    preds = [list(rng.choice(words, rng.integers(4, 14))) for _ in range(30)]
+    refs = [" ".join(w if rng.random() < 0.8 else "cat" for w in p) for p in preds]  # about one word in five changed
+    preds = [" ".join(p) for p in preds]
+    groups = [M.bleu_statistics(preds[i : i + 5], refs[i : i + 5]) for i in range(0, 30, 5)]
+    for smooth in (False, True):
+        whole = M.bleu(preds, refs, smooth=smooth)
+        assert 0.0 < whole < 1.0
+        assert M.bleu_from_statistics(sum(groups), smooth) == pytest.approx(whole, abs=1e-6)
+        pick = [0, 0, 3, 5]  # a bootstrap resample repeats groups: same as scoring the repeated texts
+        texts_p = [t for g in pick for t in preds[5 * g : 5 * g + 5]]
+        texts_r = [t for g in pick for t in refs[5 * g : 5 * g + 5]]
+        assert M.bleu_from_statistics(sum(groups[g] for g in pick), smooth) == \
+            pytest.approx(M.bleu(texts_p, texts_r, smooth=smooth), abs=1e-6)
+    short = M.bleu_statistics(["a b c d e"], ["a b c d f"])  # hand counts: c, r, m_1..4, l_1..4
+    np.testing.assert_array_equal(short, [5, 5, 4, 3, 2, 1, 5, 4, 3, 2])
+    assert M.bleu_from_statistics(M.bleu_statistics(["a b c d"], ["e f g h"])) == 0.0
+    brevity = M.bleu_from_statistics(M.bleu_statistics(["a b c d"], ["a b c d e f"]))  # BP = exp(1 - 6/4)
+    assert brevity == pytest.approx(math.exp(-0.5)) and brevity == pytest.approx(M.bleu(["a b c d"], ["a b c d e f"]))
+    with pytest.raises(ValueError, match="stats must be"):
+        M.bleu_from_statistics(np.ones(5))
+
+
 def test_rouge_identical_and_hand_value():
     same = M.rouge(["the cat <unk> sat N"], ["the cat <unk> sat N"])
     assert same == pytest.approx({"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0})

@@ -126,6 +126,14 @@ def _check_adaptive_noise(tables: dict[str, pd.DataFrame]) -> None:
     assert (front["radius_median"] >= front["radius_min"]).all() and (front["radius_min"] >= 0).all()
     cal = tables["calibrated"]
     assert cal["heldout_pass"].dropna().between(0, 1).all() and cal["served"].between(0, 1).all()
+    for table in (front, cal):  # every quality number has its 95 % interval; the exact one contains it
+        for column in ("class_consistency", "fid_evaluator", "is_evaluator", "bleu_vs_clean", "rougeL_vs_clean",
+                       "rougeL_vs_reference", "exact_match_clean"):
+            rows = table.dropna(subset=[column])
+            assert len(rows) and (rows[f"{column}_low"] <= rows[f"{column}_high"]).all()
+        rows = table.dropna(subset=["class_consistency"])
+        assert (rows["class_consistency_low"] <= rows["class_consistency"]).all()
+        assert (rows["class_consistency"] <= rows["class_consistency_high"]).all()
     assert set(tables["sensitivity"]["dataset"]) == {"cifar10", "ptb"}
     cells = tables["cell_sigma"]
     assert (cells["identity_radius"] <= cells["margin"]).all() and cells["exit_upper"].between(0, 1).all()

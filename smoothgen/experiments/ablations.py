@@ -103,9 +103,7 @@ def run(params: dict[str, Any]) -> StudyResult:
     geometry = diffusion.embedding_geometry()
     unit, half_gap = geometry["mean_norm"], geometry["nearest_other_min"] / 2
     radii = np.asarray(params["radii_rel"]) * half_gap
-    real = test.images[: params["n_real"]].float() / 255.0
-    with torch.inference_mode():
-        fd = intervals.Frechet(torch.cat([evaluator.features(chunk) for chunk in real.split(500)]).double().numpy())
+    fd = cifar10.real_frechet(evaluator, test.images[: params["n_real"]])
     guidance, grids = guidance_block(evaluator, fd, unit, device, params)
     images, distances, consistent, sigma = focus_samples(diffusion, evaluator, unit, params)
     sample_size = sample_size_block(images, distances, consistent, sigma, radii, params)

@@ -49,14 +49,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from smoothgen import calibrate as cal
-from smoothgen import certify, metrics
+from smoothgen import certify, intervals, metrics
 from smoothgen.data import load_cifar10, load_ptb
 from smoothgen.experiments import frontends
+from smoothgen.experiments.cifar10 import real_frechet
 from smoothgen.experiments.common import StudyResult, Stopwatch, finish
 from smoothgen.experiments.ptb import prompts as ptb_prompts
 from smoothgen.models.classifier import CifarResNet, ClassifierConfig, load_classifier
 from smoothgen.models.diffusion import ClassConditionalUNet, DiffusionConfig, DiffusionGenerator, load_diffusion
-from smoothgen.models.evaluation import EvaluatorFID
 from smoothgen.models.lm import LMConfig, LMGenerator, build_lm, load_lm
 from smoothgen.models.training import seeded_global_rng
 from smoothgen.runtime import make_generator, resolve_device
@@ -169,13 +169,21 @@ def _anisotropic(gram: cal.GramEstimate, unit: float, form: str, params: dict[st
     return make
 
 
-def _cifar_quality(fid: EvaluatorFID, evaluator: CifarResNet, params: dict[str, Any]) -> Callable:
+def _cifar_quality(fd: intervals.Frechet, evaluator: CifarResNet, params: dict[str, Any]) -> Callable:
+    """Class-consistency (exact Clopper–Pearson interval over the pooled images), FID and IS in the
+    evaluator's feature space (bootstrap intervals over the images; :mod:`smoothgen.intervals`)."""
+    device = next(evaluator.parameters()).device
+
     def quality(cells: list[tuple[int, Cell]]) -> dict[str, float]:
         images = torch.cat([c.outputs for _, c in cells])
         hits = np.concatenate([c.stat for _, c in cells])
-        score = metrics.inception_score(images, evaluator, "evaluator", splits=params["is_splits"])
-        return {"class_consistency": float(hits.mean()), "fid_evaluator": fid.score(images),
-                "is_evaluator": score.value}
+        with torch.inference_mode():
+            feats = torch.cat([evaluator.features(chunk.to(device)) for chunk in images.split(500)])
+            probs = evaluator.head(feats).softmax(1).double().cpu().numpy()
+        draws, seed = params["bootstrap"], params["seed"]
+        return {**intervals.proportion(int(hits.sum()), len(hits), "class_consistency"),
+                **intervals.fid(fd, feats.double().cpu().numpy(), None, draws, seed, "fid_evaluator"),
+                **intervals.inception_score(probs, draws, seed, "is_evaluator")}
     return quality
 
 
@@ -210,7 +218,7 @@ def cifar_task(params: dict[str, Any], device: torch.device) -> Task:
     """The CIFAR-10 task: models, strategies, sampler and quality (see the module docstring)."""
     diffusion, evaluator = _cifar_models(params, device)
     test = load_cifar10("test")
-    fid = EvaluatorFID(evaluator, test.images[: params["n_real"]])
+    fd = real_frechet(evaluator, test.images[: params["n_real"]])
     geometry = diffusion.embedding_geometry()
     sampler = CifarSampler(diffusion, evaluator, diffusion.conditions(), params["batch_size"])
     calibration, heldout = _split(params["classes"], params["split"])
@@ -224,12 +232,17 @@ def cifar_task(params: dict[str, Any], device: torch.device) -> Task:
         "schedule": lambda s: cal.schedule_noise([s * unit * math.sqrt(steps)] * steps, shape),
     }, params["cifar_strategies"])
     return Task("cifar10", params["kappa"], params["alpha"], unit, geometry["nearest_other_min"] / 2,
-                calibration, heldout, strategies, sampler.sample, _cifar_quality(fid, evaluator, params),
-                "class_consistency", ["class_consistency", "fid_evaluator", "is_evaluator"], sampler.base,
+                calibration, heldout, strategies, sampler.sample, _cifar_quality(fd, evaluator, params),
+                "class_consistency", _with_intervals(["class_consistency", "fid_evaluator", "is_evaluator"]), sampler.base,
                 params["cifar_scales"], params["cifar_target_radii_rel"], params["cifar_n_cal"], params["cifar_n_eval"],
                 info={"gram": gram, "gram_time": clock.elapsed, "geometry": geometry, "variant": test.variant,
                       "guidance_scale": diffusion.guidance_scale, "dim": diffusion.embedding_dim,
                       "codebook": diffusion.conditions()})
+
+
+def _with_intervals(columns: list[str]) -> list[str]:
+    """Each quality column followed by its 95 % interval's ``_low`` and ``_high`` columns."""
+    return [name for column in columns for name in (column, f"{column}_low", f"{column}_high")]
 
 
 def _pick(strategies: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -260,17 +273,29 @@ def lm_gram(lm: LMGenerator, embeds: Tensor, params: dict[str, Any]) -> cal.Gram
     return _gram(op, params["ptb_gram_rank"], params)
 
 
-def _ptb_quality(lm: LMGenerator, clean: Tensor, references: list[str]) -> Callable:
+def _ptb_quality(lm: LMGenerator, clean: Tensor, references: list[str], params: dict[str, Any]) -> Callable:
+    """Corpus BLEU and mean ROUGE-L against the clean continuation, mean ROUGE-L against the reference and
+    the exact-match rate, each with a 95 % bootstrap interval over the prompts: a resampled prompt brings
+    all its samples (they are not independent). A resample's means come from the prompts' sums and its
+    BLEU from their summed BLEU statistics (:func:`smoothgen.metrics.bleu_statistics`), so no text is
+    scored twice."""
     def quality(cells: list[tuple[int, Cell]]) -> dict[str, float]:
-        preds, base, refs = [], [], []
+        bleu, sums, counts = [], [], []
         for p, cell in cells:
-            preds += [lm.vocab.decode(row.tolist()) for row in cell.outputs]
-            base += [lm.vocab.decode(clean[p].tolist())] * cell.outputs.shape[0]
-            refs += [references[p]] * cell.outputs.shape[0]
-        return {"bleu_vs_clean": metrics.bleu(preds, base, smooth=True),
-                "rougeL_vs_clean": metrics.rouge(preds, base)["rougeL"],
-                "rougeL_vs_reference": metrics.rouge(preds, refs)["rougeL"],
-                "exact_match_clean": float(np.mean([a == b for a, b in zip(preds, base)]))}
+            preds = [lm.vocab.decode(row.tolist()) for row in cell.outputs]
+            base, refs = [lm.vocab.decode(clean[p].tolist())] * len(preds), [references[p]] * len(preds)
+            bleu.append(metrics.bleu_statistics(preds, base))
+            sums.append(len(preds) * np.array([metrics.rouge(preds, base)["rougeL"], metrics.rouge(preds, refs)["rougeL"],
+                                               np.mean([a == b for a, b in zip(preds, base)])]))
+            counts.append(len(preds))
+        bleu_stats, sums, counts = np.array(bleu), np.array(sums), np.array(counts)
+
+        def scores(idx: np.ndarray) -> dict[str, float]:
+            mean = sums[idx].sum(0) / counts[idx].sum()
+            return {"bleu_vs_clean": metrics.bleu_from_statistics(bleu_stats[idx].sum(0), smooth=True),
+                    "rougeL_vs_clean": float(mean[0]), "rougeL_vs_reference": float(mean[1]),
+                    "exact_match_clean": float(mean[2])}
+        return intervals.bootstrap_all(scores, len(cells), params["bootstrap"], params["seed"])
     return quality
 
 
@@ -316,10 +341,10 @@ def ptb_task(params: dict[str, Any], device: torch.device) -> Task:
         "anisotropic-lowrank": _anisotropic(gram, unit, "lowrank", params),
         "anisotropic-diagonal": _anisotropic(gram, unit, "diagonal", params),
     }, params["ptb_strategies"])
-    quality = _ptb_quality(lm, clean, [test.vocab.decode(r.tolist()) for _, r in pairs])
+    quality = _ptb_quality(lm, clean, [test.vocab.decode(r.tolist()) for _, r in pairs], params)
     return Task("ptb", params["kappa"], params["alpha"], unit, geometry["nn_median"], calibration, heldout,
                 strategies, sampler.sample, quality, "bleu_vs_clean",
-                ["bleu_vs_clean", "rougeL_vs_clean", "rougeL_vs_reference", "exact_match_clean"], sampler.base,
+                _with_intervals(["bleu_vs_clean", "rougeL_vs_clean", "rougeL_vs_reference", "exact_match_clean"]), sampler.base,
                 params["ptb_scales"], params["ptb_target_radii_rel"], params["ptb_n_cal"], params["ptb_n_eval"],
                 info={"gram": gram, "gram_time": clock.elapsed, "geometry": geometry, "variant": test.variant,
                       "dim": int(math.prod(shape)), "lm": lm, "prompts": [p for p, _ in pairs]})

@@ -134,6 +134,14 @@ def quality(images: torch.Tensor, labels: torch.Tensor, evaluator: torch.nn.Modu
     return row, feats
 
 
+def real_frechet(evaluator: torch.nn.Module, real: torch.Tensor) -> intervals.Frechet:
+    """The Fréchet distance to the uint8 images ``real`` ``[N, 3, 32, 32]``, in the evaluator's feature space."""
+    device = next(evaluator.parameters()).device
+    with torch.inference_mode():
+        feats = torch.cat([evaluator.features(chunk.to(device).float() / 255.0).cpu() for chunk in real.split(500)])
+    return intervals.Frechet(feats.double().numpy())
+
+
 def run_class(diffusion: DiffusionGenerator, evaluator: torch.nn.Module, k: int, sigma: float,
               params: dict[str, Any], radii: np.ndarray) -> tuple[dict, pd.DataFrame | None, torch.Tensor]:
     """One class at one σ, from its own seed ``seed + 1000·k``: its row, certificate table and images."""
@@ -179,12 +187,10 @@ def run(params: dict[str, Any]) -> StudyResult:
     diffusion = load_diffusion(device=device, steps=params["steps"], guidance_scale=params["guidance_scale"])
     evaluator = load_classifier(None)
     test = load_cifar10("test")
-    real = test.images[: params["n_real"]].float() / 255.0
     geometry = diffusion.embedding_geometry()
     half_gap = geometry["nearest_other_min"] / 2
     radii = np.asarray(params["radii_rel"]) * half_gap
-    with torch.inference_mode():
-        fd = intervals.Frechet(torch.cat([evaluator.features(chunk) for chunk in real.split(500)]).double().numpy())
+    fd = real_frechet(evaluator, test.images[: params["n_real"]])
     quality_rows, class_rows, cert_tables, grids, base = [], [], [], {}, None
     for rel in params["sigma_rel"]:
         sigma = rel * geometry["mean_norm"]
