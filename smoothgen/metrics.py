@@ -977,7 +977,8 @@ def bleu_statistics(preds: Sequence[str], refs: Sequence[str] | Sequence[Sequenc
 
     They add over disjoint sets of predictions, so a bootstrap over groups of predictions (e.g. the
     samples of one prompt) sums the groups' statistics and calls :func:`bleu_from_statistics`, which
-    returns exactly :func:`bleu` of the union, without scoring any text again.
+    returns :func:`bleu` of the union (to float rounding: torchmetrics computes in float32) without
+    scoring any text again.
     """
     preds_, refs_ = _check_texts(preds, refs)
     metric = BLEUScore(n_gram=n_gram, **LOCAL)

@@ -189,7 +189,7 @@ _ADAPTIVE_PTB = ["isotropic", "anisotropic-lowrank", "anisotropic-diagonal"]
 _ADAPTIVE_BASE = {"seed": 0, "device": None, "guidance_scale": None, "classes": list(range(10)), "split": "samples",
          "alpha": 0.05, "bootstrap": 200,
          "kappa": 0.5, "target_fraction": 0.6, "ptb_tolerance": 0.3, "tv_level": 0.5, "power": 1.0,
-         "max_ratio": 4.0, "is_splits": 2, "gram_oversample": 4, "gram_iters": 1, "prompt_len": 5,
+         "max_ratio": 4.0, "gram_oversample": 4, "gram_iters": 1, "prompt_len": 5,
          "cifar_strategies": _ADAPTIVE_CIFAR, "ptb_strategies": _ADAPTIVE_PTB, **_ADAPTIVE_TOY,
          # σ read off the projected condition's cells (κ × a half gap / half nearest-token distance):
          # quality target P(leave the cells) <= cell_max_exit, radius maximised under it, at level cell_alpha
@@ -345,7 +345,7 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "ptb_n_cal": 48, "ptb_n_eval": 48, "ptb_scales": [0.0125, 0.025, 0.05, 0.1],
                 "ptb_target_radii_rel": [0.0025, 0.005, 0.01, 0.02]},
         "gpu": {**_ADAPTIVE_BASE, "models": "checkpoints", "tasks": ["cifar10", "ptb"], "steps": 20, "alpha": 0.001,
-                "n_real": 10_000, "batch_size": 1000, "is_splits": 5, "gram_method": "subspace", "gram_draws": 8,
+                "n_real": 10_000, "batch_size": 1000, "gram_method": "subspace", "gram_draws": 8,
                 "gram_rank": 16, "ptb_gram_rank": 32, "gram_iters": 4, "gram_probes": 16, "gram_max_rows": 640,
                 "cifar_n_cal": 1000, "cifar_n_eval": 1000, "cifar_scales": [0.0015, 0.003, 0.006, 0.0125, 0.025, 0.05],
                 "cifar_target_radii_rel": [0.0025, 0.005, 0.01, 0.02, 0.05], "ptb_steps": 10, "n_prompts": 200,
