@@ -52,7 +52,7 @@ from smoothgen import calibrate as cal
 from smoothgen import certify, intervals, metrics
 from smoothgen.data import load_cifar10, load_ptb
 from smoothgen.experiments import frontends
-from smoothgen.experiments.cifar10 import real_frechet
+from smoothgen.experiments.cifar10 import evaluator_features, real_frechet
 from smoothgen.experiments.common import StudyResult, Stopwatch, finish
 from smoothgen.experiments.ptb import prompts as ptb_prompts
 from smoothgen.models.classifier import CifarResNet, ClassifierConfig, load_classifier
@@ -172,13 +172,11 @@ def _anisotropic(gram: cal.GramEstimate, unit: float, form: str, params: dict[st
 def _cifar_quality(fd: intervals.Frechet, evaluator: CifarResNet, params: dict[str, Any]) -> Callable:
     """Class-consistency (exact Clopper–Pearson interval over the pooled images), FID and IS in the
     evaluator's feature space (bootstrap intervals over the images; :mod:`smoothgen.intervals`)."""
-    device = next(evaluator.parameters()).device
-
     def quality(cells: list[tuple[int, Cell]]) -> dict[str, float]:
         images = torch.cat([c.outputs for _, c in cells])
         hits = np.concatenate([c.stat for _, c in cells])
+        feats = evaluator_features(evaluator, images)
         with torch.inference_mode():
-            feats = torch.cat([evaluator.features(chunk.to(device)) for chunk in images.split(500)])
             probs = evaluator.head(feats).softmax(1).double().cpu().numpy()
         draws, seed = params["bootstrap"], params["seed"]
         return {**intervals.proportion(int(hits.sum()), len(hits), "class_consistency"),

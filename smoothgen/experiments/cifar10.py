@@ -121,9 +121,9 @@ def quality(images: torch.Tensor, labels: torch.Tensor, evaluator: torch.nn.Modu
     """FID / IS in the evaluator's feature space and class-consistency of one pooled sample set, each with
     its 95 % interval (:mod:`smoothgen.intervals`; FID also as a ratio to the base model's, given its
     features ``base``); returns the row and the features."""
+    features = evaluator_features(evaluator, images)
     with torch.inference_mode():
-        features = torch.cat([evaluator.features(chunk) for chunk in images.split(500)])
-        feats, logits = features.double().numpy(), evaluator.head(features).double()
+        feats, logits = features.double().cpu().numpy(), evaluator.head(features).double().cpu()
     hits = int((logits.argmax(1) == labels).sum())
     draws, seed = params["bootstrap"], params["seed"]
     row = {**intervals.fid(fd, feats, base, draws, seed, "fid_evaluator"),
@@ -134,12 +134,17 @@ def quality(images: torch.Tensor, labels: torch.Tensor, evaluator: torch.nn.Modu
     return row, feats
 
 
-def real_frechet(evaluator: torch.nn.Module, real: torch.Tensor) -> intervals.Frechet:
-    """The Fréchet distance to the uint8 images ``real`` ``[N, 3, 32, 32]``, in the evaluator's feature space."""
+def evaluator_features(evaluator: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """The evaluator's penultimate features of ``images`` (floats in [0, 1]), in chunks of ``batch`` moved to
+    the evaluator's device; the features stay there."""
     device = next(evaluator.parameters()).device
     with torch.inference_mode():
-        feats = torch.cat([evaluator.features(chunk.to(device).float() / 255.0).cpu() for chunk in real.split(500)])
-    return intervals.Frechet(feats.double().numpy())
+        return torch.cat([evaluator.features(chunk.to(device)) for chunk in images.split(batch)])
+
+
+def real_frechet(evaluator: torch.nn.Module, real: torch.Tensor) -> intervals.Frechet:
+    """The Fréchet distance to the uint8 images ``real`` ``[N, 3, 32, 32]``, in the evaluator's feature space."""
+    return intervals.Frechet(evaluator_features(evaluator, real.float() / 255.0).double().cpu().numpy())
 
 
 def run_class(diffusion: DiffusionGenerator, evaluator: torch.nn.Module, k: int, sigma: float,

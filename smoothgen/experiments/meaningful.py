@@ -48,6 +48,7 @@ from smoothgen import attacks as A
 from smoothgen import certify, intervals, metrics
 from smoothgen.data import load_cifar10, load_ptb
 from smoothgen.experiments.attacks import ptb_breakdown
+from smoothgen.experiments.cifar10 import evaluator_features, real_frechet
 from smoothgen.experiments.common import StudyResult, Stopwatch, finish
 from smoothgen.experiments.ptb import prompts, reference_nll
 from smoothgen.models.classifier import load_classifier
@@ -146,11 +147,11 @@ def cifar_samples(models: Models, method: str, sigma: float, params: dict[str, A
     return torch.stack(out)
 
 
-def _features(evaluator: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def _features(evaluator: torch.nn.Module, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    feats = evaluator_features(evaluator, images)
     with torch.inference_mode():
-        feats = torch.cat([evaluator.features(images[i : i + batch]) for i in range(0, len(images), batch)])
         labels = evaluator.head(feats).argmax(1)
-    return feats.double().numpy(), labels.numpy()
+    return feats.double().cpu().numpy(), labels.cpu().numpy()
 
 
 def cifar_config(models: Models, evaluator: torch.nn.Module, method: str, sigma: float, fd: intervals.Frechet,
@@ -217,7 +218,7 @@ def cifar_block(models: Models, evaluator: torch.nn.Module, params: dict[str, An
     gaps = class_gaps(models.codebook)
     unit = float(gaps["half_gap"].min())
     test = load_cifar10("test")
-    fd = intervals.Frechet(_features(evaluator, test.images[: params["n_real"]].float() / 255.0)[0])
+    fd = real_frechet(evaluator, test.images[: params["n_real"]])
     base_row, base_cls, base_feats, base_grid = cifar_config(models, evaluator, "base", 0.0, fd, None, params)
     quality, per_class, grids = [{**base_row, "sigma_rel": 0.0}], [], {("base", 0.0): base_grid}
     for method, grid_rel in params["cifar_grid"].items():
