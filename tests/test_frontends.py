@@ -162,8 +162,9 @@ def test_seed_spread_reports_the_range_of_each_headline_key_over_seeds() -> None
 
     from smoothgen.experiments.meaningful import HEADLINE, seed_spread
 
-    seeds = pd.DataFrame([{"dataset": "cifar10", "headline_seed": s, **{k: v for k in HEADLINE["cifar10"]}}
-                          for s, v in ((0, 0.8), (1, 0.7), (2, 0.9))])
+    seeds = pd.DataFrame([{"dataset": "cifar10", "role": role, "headline_seed": s, **{k: v for k in HEADLINE["cifar10"]}}
+                          for s, v, role in ((0, 0.8, "headline"), (1, 0.7, "headline"), (2, 0.9, "headline"),
+                                             (1, 0.1, "noise_trained_headline"))])
     out = seed_spread(seeds)
     assert out["headline_seeds"] == 3
     assert out["cifar10_class_radius_frac_half_gap_seed_min"] == 0.7 and out["cifar10_fid_ratio_seed_max"] == 0.9

@@ -158,11 +158,17 @@ def _check_meaningful(tables: dict[str, pd.DataFrame]) -> None:
     assert ((quality["class_consistency_low"] <= quality["class_consistency"])
             & (quality["class_consistency"] <= quality["class_consistency_high"])).all()
     assert set(tables["choices"]["prefix"].fillna("")) == {"", "noise_trained_", "naive_"}
-    large = tables["cifar_fid_large"]  # the base first, then each chosen headline configuration once, on more images
+    large = tables["cifar_fid_large"]  # the base first, then each chosen configuration once, pooled over the seeds
     assert large["role"].iloc[0] == "base" and large["role"].is_unique and np.isclose(large["fid_ratio"].iloc[0], 1.0)
-    assert (large["n_images"] > quality["n_images"].max()).all() and (large["fid_low"] <= large["fid_high"]).all()
-    seeds = tables["headline_seeds"]  # each chosen headline configuration at the main seed and every extra one
-    assert (seeds.groupby("dataset")["headline_seed"].nunique() == 2).all() and len(seeds) == 2 * seeds["dataset"].nunique()
+    assert (large["seeds"] == 2).all() and (large["n_images"] == 2 * quality["n_images"].iloc[0]).all()
+    assert (large["fid_low"] <= large["fid_high"]).all()
+    seeds = tables["headline_seeds"]  # each chosen configuration at the main seed and every extra one
+    assert (seeds.groupby(["dataset", "role"])["headline_seed"].nunique() == 2).all()
+    assert len(seeds) == 2 * len(seeds[["dataset", "role"]].drop_duplicates())
+    assert set(seeds.loc[seeds["dataset"] == "cifar10", "role"]) == set(large["role"]) - {"base"}
+    main = seeds[(seeds["headline_seed"] == 0) & (seeds["dataset"] == "cifar10")]  # seed 0 is the grid's own run
+    grid = main.merge(quality, on=["method", "sigma_rel"], suffixes=("", "_grid"))
+    assert len(grid) == len(main) and np.allclose(grid["cifar10_fid_ratio"], grid["fid_ratio"])
 
 
 def _check_ablations(tables: dict[str, pd.DataFrame]) -> None:

@@ -168,7 +168,7 @@ def cifar_config(models: Models, evaluator: torch.nn.Module, method: str, sigma:
         p_lower, radius = cohen_radius(count, labels.shape[1], sigma, params["alpha"]) if sigma > 0 else (math.nan, 0.0)
         per_class.append({"class": k, "verdict_count": count, "verdict_p_lower": p_lower, "verdict_radius": radius,
                           "generator_passes": labels.shape[1], "seconds": seconds})
-    hits = int(sum(r["verdict_count"] for r in per_class))
+    hits = _hits(per_class)
     row = {"method": method, "sigma": sigma, "n_images": len(feats), "feature_space": "evaluator",
            **intervals.proportion(hits, labels.size, "class_consistency"),
            **intervals.fid(fd, feats, feats if base is None else base, params["bootstrap"], params["seed"])}
@@ -221,17 +221,23 @@ def cifar_block(models: Models, evaluator: torch.nn.Module, params: dict[str, An
     fd = real_frechet(evaluator, test.images[: params["n_real"]])
     base_row, base_cls, base_feats, base_grid = cifar_config(models, evaluator, "base", 0.0, fd, None, params)
     quality, per_class, grids = [{**base_row, "sigma_rel": 0.0}], [], {("base", 0.0): base_grid}
+    features = {("base", 0.0): (base_feats, _hits(base_cls))}
     for method, grid_rel in params["cifar_grid"].items():
         for rel in grid_rel:
-            row, cls, _, grid = cifar_config(models, evaluator, method, rel * unit, fd, base_feats, params)
+            row, cls, feats, grid = cifar_config(models, evaluator, method, rel * unit, fd, base_feats, params)
             quality.append({**row, "sigma_rel": rel})
             per_class += [{**c, "method": method, "sigma": rel * unit, "sigma_rel": rel} for c in cls]
-            grids[(method, rel)] = grid
+            grids[(method, rel)], features[(method, rel)] = grid, (feats, _hits(cls))
     projection = cifar_projection(models.codebook, [r * unit for r in params["cifar_grid"]["projection"]], gaps, params)
     projection["sigma_rel"] = projection["sigma"] / unit
     return {"gaps": gaps, "unit": unit, "quality": pd.DataFrame(quality), "per_class": pd.DataFrame(per_class),
             "projection": projection, "grids": grids, "base_per_class": pd.DataFrame(base_cls), "variant": test.variant,
-            "fd": fd}
+            "fd": fd, "features": features}
+
+
+def _hits(per_class: list[dict]) -> int:
+    """Images whose evaluator verdict is their condition's class, over every class of :func:`cifar_config`."""
+    return int(sum(c["verdict_count"] for c in per_class))
 
 
 def cifar_radii(block: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
@@ -478,23 +484,55 @@ def _ratio(certified: float | None, breakdown: pd.Series) -> float | None:
 
 HEADLINE = {"cifar10": ("cifar10_class_radius_frac_half_gap", "cifar10_class_consistency", "cifar10_fid_ratio"),
             "ptb": ("ptb_radius_frac_nearest_token", "ptb_stability_bleu4", "ptb_perplexity_ratio")}
-"""The headline keys of ``summary.json`` that :func:`headline_seeds` repeats over seeds (radius, then quality)."""
+"""The headline keys of ``summary.json`` that :func:`cifar_seeds` and :func:`ptb_seeds` repeat over seeds (radius,
+then quality)."""
 
 
-def _cifar_seed(evaluator: torch.nn.Module, models: Models, block: dict[str, Any], method: str, rel: float,
-                params: dict[str, Any]) -> tuple[float, float, float]:
-    """Median class-identity radius over the half gap, class-consistency and FID ratio of one configuration
-    (its base rerun at the same seed for the ratio)."""
-    sigma, fd, gaps = rel * block["unit"], block["fd"], block["gaps"]
-    _, _, base_feats, _ = cifar_config(models, evaluator, "base", 0.0, fd, None, params)
-    row, per_class, _, _ = cifar_config(models, evaluator, method, sigma, fd, base_feats, params)
+def _cifar_radius(block: dict[str, Any], models: Models, method: str, sigma: float, per_class: list[dict],
+                  params: dict[str, Any]) -> float:
+    """Median certified class-identity radius over the half gap of one configuration."""
+    gaps = block["gaps"]
     if method == "projection":
         radii = cifar_projection(models.codebook, [sigma], gaps, params)
-        rel_radii = radii["class_radius"] / radii["half_gap"]
-    else:
-        merged = pd.DataFrame(per_class).merge(gaps, on="class")
-        rel_radii = merged["verdict_radius"] / merged["half_gap"]
-    return float(rel_radii.median()), row["class_consistency"], row["fid_ratio"]
+        return float((radii["class_radius"] / radii["half_gap"]).median())
+    merged = pd.DataFrame(per_class).merge(gaps, on="class")
+    return float((merged["verdict_radius"] / merged["half_gap"]).median())
+
+
+def cifar_roles(targets: dict[str, Any]) -> dict[str, tuple[str, float]]:
+    """Each distinct CIFAR-10 configuration the text compares, by the target prefix that chose it: ``headline``,
+    ``noise_trained_headline``, ``naive_headline`` (a configuration chosen twice keeps its first role)."""
+    roles: dict[tuple[str, float], str] = {}
+    for prefix in ("", "noise_trained_", "naive_"):
+        method, rel = targets[f"{prefix}cifar10_class_method"], targets[f"{prefix}cifar10_class_sigma_rel"]
+        if method is not None:
+            roles.setdefault((method, rel), f"{prefix}headline")
+    return {role: config for config, role in roles.items()}
+
+
+def cifar_seeds(models: Models, evaluator: torch.nn.Module, block: dict[str, Any], targets: dict[str, Any],
+                params: dict[str, Any]) -> tuple[list[dict], dict[str, list]]:
+    """Every configuration of :func:`cifar_roles` and the base, generated and certified again at each seed of
+    ``headline_seeds``: the headline values per (role, seed), and each role's ``(features, hits)`` over all
+    seeds (the grid's run first) for :func:`pooled_fid`."""
+    roles = cifar_roles(targets)
+    pooled = {role: [block["features"][config]] for role, config in {"base": ("base", 0.0), **roles}.items()}
+    rows = [{"dataset": "cifar10", "role": role, "method": method, "sigma_rel": rel, "headline_seed": params["seed"],
+             **{key: targets[role.removesuffix("headline") + key] for key in HEADLINE["cifar10"]}}
+            for role, (method, rel) in roles.items()]
+    for seed in tqdm(params["headline_seeds"], desc="cifar10 headline seeds", leave=False):
+        sub = {**params, "seed": seed}
+        _, base_cls, base_feats, _ = cifar_config(models, evaluator, "base", 0.0, block["fd"], None, sub)
+        pooled["base"].append((base_feats, _hits(base_cls)))
+        for role, (method, rel) in roles.items():
+            sigma = rel * block["unit"]
+            row, per_class, feats, _ = cifar_config(models, evaluator, method, sigma, block["fd"], base_feats, sub)
+            pooled[role].append((feats, _hits(per_class)))
+            values = (_cifar_radius(block, models, method, sigma, per_class, sub), row["class_consistency"],
+                      row["fid_ratio"])
+            rows.append({"dataset": "cifar10", "role": role, "method": method, "sigma_rel": rel, "headline_seed": seed,
+                         **dict(zip(HEADLINE["cifar10"], values))})
+    return rows, pooled
 
 
 def _ptb_seed(models: Models, block: dict[str, Any], method: str, rel: float,
@@ -513,59 +551,50 @@ def _ptb_seed(models: Models, block: dict[str, Any], method: str, rel: float,
     return float(rows["continuation_radius"].median() / block["unit"]), scores["stability_bleu4"], ratio
 
 
-def headline_seeds(cifar_models: Models, ptb_models: Models, evaluator: torch.nn.Module, cifar: dict[str, Any],
-                   ptb: dict[str, Any], targets: dict[str, Any], params: dict[str, Any]) -> pd.DataFrame:
-    """The two headline configurations (best CIFAR-10 class identity, best PTB continuation) rerun at every seed
-    of ``headline_seeds``: fresh smoothing noise, generator noise and certificate draws; the same real
-    features, prompts and choice of configuration. The row with ``headline_seed == seed`` is the main run's."""
-    rows = []
-    for dataset, models, block, seed_fn in (("cifar10", cifar_models, cifar, lambda *a: _cifar_seed(evaluator, *a)),
-                                            ("ptb", ptb_models, ptb, _ptb_seed)):
-        target = "cifar10_class" if dataset == "cifar10" else "ptb_continuation"
-        method, rel = targets[f"{target}_method"], targets[f"{target}_sigma_rel"]
-        if method is None:
-            continue
-        keys = HEADLINE[dataset]
-        rows.append({"dataset": dataset, "method": method, "sigma_rel": rel, "headline_seed": params["seed"],
-                     **{k: targets[k] for k in keys}})
-        for seed in tqdm(params["headline_seeds"], desc=f"{dataset} headline seeds", leave=False):
-            values = seed_fn(models, block, method, rel, {**params, "seed": seed})
-            rows.append({"dataset": dataset, "method": method, "sigma_rel": rel, "headline_seed": seed,
-                         **dict(zip(keys, values))})
-    return pd.DataFrame(rows)
+def ptb_seeds(models: Models, block: dict[str, Any], targets: dict[str, Any], params: dict[str, Any]) -> list[dict]:
+    """The best PTB continuation configuration at the main seed and again at each seed of ``headline_seeds``."""
+    method, rel = targets["ptb_continuation_method"], targets["ptb_continuation_sigma_rel"]
+    if method is None:
+        return []
+    common = {"dataset": "ptb", "role": "headline", "method": method, "sigma_rel": rel}
+    rows = [{**common, "headline_seed": params["seed"], **{k: targets[k] for k in HEADLINE["ptb"]}}]
+    for seed in tqdm(params["headline_seeds"], desc="ptb headline seeds", leave=False):
+        values = _ptb_seed(models, block, method, rel, {**params, "seed": seed})
+        rows.append({**common, "headline_seed": seed, **dict(zip(HEADLINE["ptb"], values))})
+    return rows
 
 
 def seed_spread(seeds: pd.DataFrame) -> dict[str, Any]:
-    """``<key>_seed_min`` / ``<key>_seed_max`` of every headline key over the seeds, and the number of seeds."""
+    """``<key>_seed_min`` / ``<key>_seed_max`` of every headline key over the seeds (rows of ``role ==
+    "headline"``), and the number of seeds."""
     out: dict[str, Any] = {"headline_seeds": int(seeds["headline_seed"].nunique()) if len(seeds) else 0}
     for dataset, keys in HEADLINE.items():
-        part = seeds[seeds["dataset"] == dataset] if len(seeds) else seeds
+        part = seeds[(seeds["dataset"] == dataset) & (seeds["role"] == "headline")] if len(seeds) else seeds
         for key in keys:
             out[f"{key}_seed_min"] = float(part[key].min()) if len(part) else None
             out[f"{key}_seed_max"] = float(part[key].max()) if len(part) else None
     return out
 
 
-def large_fid(models: Models, evaluator: torch.nn.Module, block: dict[str, Any], targets: dict[str, Any],
-              params: dict[str, Any]) -> pd.DataFrame:
-    """FID of the base model and of each chosen CIFAR-10 headline configuration on ``n_fid`` images per class,
-    against the ``n_real`` test images, with 95 % bootstrap intervals and the ratio to the base.
+def pooled_fid(block: dict[str, Any], pooled: dict[str, list], roles: dict[str, tuple[str, float]],
+               params: dict[str, Any]) -> pd.DataFrame:
+    """FID and class-consistency of the base and of every configuration the text compares, on the images of
+    all headline seeds pooled (``(1 + len(headline_seeds)) · n_quality`` per class) against the ``n_real``
+    test images, with 95 % intervals (basic bootstrap over the images for FID and its ratio to the pooled
+    base, Clopper–Pearson for class-consistency).
 
-    The grid's FIDs use ``n_quality`` images per class; FID is biased upward at small sample sizes by an
-    amount that can exceed the differences between configurations, so the configurations that the text
-    compares are scored again on many more images (same seeds ``seed + 1000·k``; ``role`` names the target
-    prefix that chose the configuration).
+    The grid's FIDs use ``n_quality`` images per class, a size at which FID's upward bias can exceed the
+    differences between configurations; the images of the seeds are independent draws of the same smoothed
+    generator, so pooling them scores the compared configurations on many more images at no extra cost.
     """
-    configs: dict[tuple[str, float], str] = {("base", 0.0): "base"}
-    for prefix in ("", "noise_trained_", "naive_"):
-        method, rel = targets[f"{prefix}cifar10_class_method"], targets[f"{prefix}cifar10_class_sigma_rel"]
-        if method is not None:
-            configs.setdefault((method, rel), f"{prefix}headline")
-    sub, rows, base = {**params, "n_quality": params["n_fid"]}, [], None
-    for (method, rel), role in tqdm(configs.items(), desc="cifar large-sample FID", leave=False):
-        row, _, feats, _ = cifar_config(models, evaluator, method, rel * block["unit"], block["fd"], base, sub)
-        base = feats if base is None else base
-        rows.append({"role": role, **row, "sigma_rel": rel})
+    base = np.concatenate([feats for feats, _ in pooled["base"]])
+    rows = []
+    for role, parts in pooled.items():
+        feats, hits = np.concatenate([f for f, _ in parts]), sum(h for _, h in parts)
+        method, rel = roles.get(role, ("base", 0.0))
+        rows.append({"role": role, "method": method, "sigma_rel": rel, "seeds": len(parts), "n_images": len(feats),
+                     **intervals.proportion(hits, len(feats), "class_consistency"),
+                     **intervals.fid(block["fd"], feats, base, params["bootstrap"], params["seed"])})
     return pd.DataFrame(rows)
 
 
@@ -593,9 +622,10 @@ def run(params: dict[str, Any]) -> StudyResult:
     cifar_break = cifar_breakdown(cifar_models.shipped, evaluator, cifar["gaps"], params)
     ptb_break = ptb_breakdowns(ptb_models.shipped, ptb, params)
     targets, choices = summary(cifar, ptb, cifar_break, ptb_break, params)
-    seeds = headline_seeds(cifar_models, ptb_models, evaluator, cifar, ptb, targets, params)
+    cifar_rows, pooled = cifar_seeds(cifar_models, evaluator, cifar, targets, params)
+    seeds = pd.DataFrame(cifar_rows + ptb_seeds(ptb_models, ptb, targets, params))
     targets.update(seed_spread(seeds))
-    fid_large = large_fid(cifar_models, evaluator, cifar, targets, params)
+    fid_large = pooled_fid(cifar, pooled, cifar_roles(targets), params)
     best = choices.set_index(["prefix", "target"])
     cls = best.loc[("", "cifar10_class")]
     chosen = cifar["radii"][(cifar["radii"]["method"] == cls["method"]) & (cifar["radii"]["sigma_rel"] == cls["sigma_rel"])]
