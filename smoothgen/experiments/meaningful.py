@@ -511,11 +511,10 @@ def cifar_roles(targets: dict[str, Any]) -> dict[str, tuple[str, float]]:
 
 
 def cifar_seeds(models: Models, evaluator: torch.nn.Module, block: dict[str, Any], targets: dict[str, Any],
-                params: dict[str, Any]) -> tuple[list[dict], dict[str, list]]:
+                roles: dict[str, tuple[str, float]], params: dict[str, Any]) -> tuple[list[dict], dict[str, list]]:
     """Every configuration of :func:`cifar_roles` and the base, generated and certified again at each seed of
     ``headline_seeds``: the headline values per (role, seed), and each role's ``(features, hits)`` over all
     seeds (the grid's run first) for :func:`pooled_fid`."""
-    roles = cifar_roles(targets)
     pooled = {role: [block["features"][config]] for role, config in {"base": ("base", 0.0), **roles}.items()}
     rows = [{"dataset": "cifar10", "role": role, "method": method, "sigma_rel": rel, "headline_seed": params["seed"],
              **{key: targets[role.removesuffix("headline") + key] for key in HEADLINE["cifar10"]}}
@@ -622,10 +621,11 @@ def run(params: dict[str, Any]) -> StudyResult:
     cifar_break = cifar_breakdown(cifar_models.shipped, evaluator, cifar["gaps"], params)
     ptb_break = ptb_breakdowns(ptb_models.shipped, ptb, params)
     targets, choices = summary(cifar, ptb, cifar_break, ptb_break, params)
-    cifar_rows, pooled = cifar_seeds(cifar_models, evaluator, cifar, targets, params)
+    roles = cifar_roles(targets)
+    cifar_rows, pooled = cifar_seeds(cifar_models, evaluator, cifar, targets, roles, params)
     seeds = pd.DataFrame(cifar_rows + ptb_seeds(ptb_models, ptb, targets, params))
     targets.update(seed_spread(seeds))
-    fid_large = pooled_fid(cifar, pooled, cifar_roles(targets), params)
+    fid_large = pooled_fid(cifar, pooled, roles, params)
     best = choices.set_index(["prefix", "target"])
     cls = best.loc[("", "cifar10_class")]
     chosen = cifar["radii"][(cifar["radii"]["method"] == cls["method"]) & (cifar["radii"]["sigma_rel"] == cls["sigma_rel"])]
