@@ -261,7 +261,7 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "cifar_classes": [0, 1], "cifar_pgd": {"class_consistency": [0], "mean_shift": [1]},
                   "cifar_radii_rel": [0.04], "cifar_sample_steps": 2, "cifar_batch_size": 16, "cifar_restarts": 1,
                   "cifar_n_breakdown": 8, "cifar_smoothed_grid_rel": [0.1, 1.0], "ptb_smoothed_grid_rel": [0.05, 0.5],
-                  "ptb_restarts": 1, "ptb_black_box_draws": 4,
+                  "ptb_restarts": 1, "ptb_black_box_draws": 4, "cifar_black_box": [0], "cifar_black_box_draws": 4,
                   "cifar_n_cert": 16, "cifar_n_pilot": 4, "cifar_n_fresh": 8, "cifar_n_eot": 2, "cifar_pgd_steps": 2,
                   "cifar_base_noises": 1, "cifar_base_pgd_steps": 2, "cifar_breakdown_grid_rel": [0.005, 0.1],
                   "ptb_prompts": 1, "ptb_steps": 3, "ptb_radii_rel": [0.005, 0.05], "ptb_n0": 4, "ptb_n": 16,
@@ -273,9 +273,11 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # the certificates and the attacks use the same 5-step sampler; every white-box attack runs 20 PGD
         # steps x 3 restarts x 8 EOT draws and is judged on 256 fresh samples. What 2 CPU cores cannot pay
         # for (about 140 s per CIFAR-10 PGD run): one radius on CIFAR-10 and the mean-shift objective on two
-        # classes (the class-consistency objective and the straight move run on all ten)
+        # classes (the class-consistency objective and the straight move run on all ten). The black-box attack
+        # (same steps and restarts, 32 fresh noisy copies per step, forward passes only) runs on all ten
         "cpu": {**_ATTACKS_BASE, "toy_trials": 1000,
                 "cifar_classes": list(range(10)), "cifar_pgd": {"class_consistency": list(range(10)), "mean_shift": [3, 8]},
+                "cifar_black_box": list(range(10)), "cifar_black_box_draws": 32,
                 "cifar_radii_rel": [0.04], "cifar_sample_steps": 5, "cifar_n_breakdown": 32,
                 "cifar_batch_size": 64, "cifar_n_cert": 128, "cifar_n_pilot": 8, "cifar_n_fresh": 256, "cifar_n_eot": 8,
                 "cifar_pgd_steps": 20, "cifar_base_noises": 2, "cifar_base_pgd_steps": 8,
@@ -286,6 +288,7 @@ STUDY_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "cifar_classes": list(range(10)), "cifar_radii_rel": [0.0025, 0.005, 0.01, 0.02, 0.04, 0.08],
                 "cifar_pgd": {"class_consistency": list(range(10)), "mean_shift": list(range(10))},
                 "cifar_n_breakdown": 1000, "ptb_black_box_draws": 128,
+                "cifar_black_box": list(range(10)), "cifar_black_box_draws": 128,
                 "cifar_sample_steps": 20, "cifar_batch_size": 500, "cifar_n_cert": 5000, "cifar_n_pilot": 200,
                 "cifar_n_fresh": 2000, "cifar_n_eot": 32, "cifar_pgd_steps": 20, "cifar_restarts": 3,
                 "cifar_base_noises": 8, "cifar_base_pgd_steps": 20, "refine_steps": 4,

@@ -422,7 +422,8 @@ SMOKE = {
     "cifar_classes": [0], "cifar_radii_rel": [0.005, 0.04], "cifar_breakdown_grid_rel": [0.005, 0.1],
     "cifar_pgd": {"class_consistency": [0], "mean_shift": [0]}, "cifar_n_breakdown": 8,
     "cifar_smoothed_grid_rel": [0.1, 1.0], "ptb_smoothed_grid_rel": [0.05, 0.5], "ptb_black_box_draws": 4,
-    "cifar_sample_steps": 2, "cifar_batch_size": 16, "cifar_n_cert": 16, "cifar_n_pilot": 4, "cifar_n_fresh": 8,
+    "cifar_black_box": [0], "cifar_black_box_draws": 4, "cifar_sample_steps": 2, "cifar_batch_size": 16,
+    "cifar_n_cert": 16, "cifar_n_pilot": 4, "cifar_n_fresh": 8,
     "cifar_n_eot": 2, "cifar_pgd_steps": 2, "cifar_base_noises": 1, "cifar_base_pgd_steps": 2, "ptb_prompt_len": 5,
     "ptb_sigma_rel": 0.25, "ptb_restarts": 1, "ptb_prompts": 1, "ptb_steps": 3, "ptb_radii_rel": [0.25, 1.0],
     "ptb_breakdown_grid_rel": [0.1, 1.6], "ptb_n0": 4, "ptb_n": 16, "ptb_n_eot": 4, "ptb_pgd_steps": 2,
@@ -454,8 +455,13 @@ def test_experiment_runs_on_random_tiny_models_and_writes_the_trials_table(tmp_p
     assert set(A.TRIAL_COLUMNS) <= set(trials.columns)
     assert set(trials["dataset"]) == {"toy-probit", "cifar10", "ptb"}
     # toys: two attacks (white-box EOT, black-box Stein) x two certificates; CIFAR-10 per radius: class PGD (1
-    # certificate), mean-shift PGD (2) and the straight move (3); PTB per radius: white-box, black-box, straight move
-    assert len(trials) == 2 * 2 * 200 + 2 * (1 + 2 + 3) + 2 * 3
+    # certificate), mean-shift PGD (2), black-box class attack (1) and the straight move (3); PTB per radius:
+    # white-box, black-box, straight move
+    assert len(trials) == 2 * 2 * 200 + 2 * (1 + 2 + 1 + 3) + 2 * 3
+    assert set(trials.loc[trials["dataset"] == "cifar10", "attack"]) == {
+        "pgd-eot-class_consistency", "pgd-eot-mean_shift", "stein-black-box", "toward-nearest-class"}
+    black = trials[(trials["dataset"] == "cifar10") & (trials["attack"] == "stein-black-box")]
+    assert set(black["certificate"]) == {"class_consistency"} and (black["delta_norm"] <= black["radius"] + 1e-9).all()
     assert set(trials.loc[trials["dataset"] == "ptb", "attack"]) == {"pgd-eot-token", "stein-black-box",
                                                                      "toward-nearest-token"}
     assert not trials[["achieved", "achieved_stderr", "achieved_lower", "certified"]].isna().any().any()
@@ -469,7 +475,7 @@ def test_experiment_runs_on_random_tiny_models_and_writes_the_trials_table(tmp_p
     assert set(result["summary"]["certificate"]) == {"wasserstein_bound", "wasserstein", "mean_band",
                                                      "class_consistency", "token_np"}
     images = result.extras["images"]
-    assert len(images["attacked_samples"]) == 2 * 3 and images["center_samples"][0].shape == (8, 3, 32, 32)
+    assert len(images["attacked_samples"]) == 2 * 4 and images["center_samples"][0].shape == (8, 3, 32, 32)
     smoothed = result["smoothed_breakdown"]
     assert list(smoothed["dataset"]) == ["cifar10", "ptb"] and not smoothed["violation"].any()
     assert (smoothed["smoothed_certified_radius"] <= smoothed["smoothed_breakdown_radius"]).all()
@@ -553,3 +559,43 @@ def test_black_box_attack_finds_the_worst_direction_of_a_smoothed_half_space() -
     res = A.pgd_many(objective, center, 0.4, generator=g, steps=30, restarts=2)
     cosine = float((res.delta[0] @ w[0]) / res.delta[0].norm())
     assert cosine > 0.95 and float(res.delta[0].norm()) == pytest.approx(0.4, rel=1e-6)
+
+
+class _BrightnessGenerator(torch.nn.Module):
+    """Stub conditional image generator: brightness Φ(<w, e> + 0.3 x_T) from a fresh x_T per image."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+
+    def __call__(self, embeddings: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        with torch.inference_mode():
+            x_t = torch.randn(embeddings.shape[0], 3, 32, 32, generator=generator, dtype=torch.float64)
+            return torch.special.ndtr((embeddings.double() @ self.w)[:, None, None, None] + 0.3 * x_t)
+
+
+def test_cifar_black_box_attack_finds_the_darkening_direction_from_images_alone() -> None:
+    """The evaluator calls bright images class 0, so the drop of class 0 grows fastest along −w. The black-box
+    objective sees only generated images: its Stein gradient leads PGD to δ ≈ −r w/‖w‖, and no gradient
+    ever reaches the generator's parameters."""
+    from types import SimpleNamespace
+
+    from smoothgen.experiments import attacks as experiment
+
+    w = torch.tensor([0.0, 0.6, -0.8, 0.0], dtype=torch.float64)
+    stub = _BrightnessGenerator(w.clone())
+    def evaluator(images: torch.Tensor) -> torch.Tensor:  # bright: class 0
+        return 8 * torch.stack([images.mean((1, 2, 3)) - 0.5, 0.5 - images.mean((1, 2, 3))], 1)
+
+    models = SimpleNamespace(diffusion=stub, evaluator=evaluator)
+    cond = SimpleNamespace(label=0, sigma=0.3)
+    g = torch.Generator().manual_seed(3)
+    objective = experiment.black_box_drop(models, cond, draws=64, generator=g)
+    points = torch.zeros(1, 2, 4, dtype=torch.float64, requires_grad=True)
+    value = objective(points)
+    assert value.shape == (1, 2) and ((value > 0) & (value < 1)).all()
+    value.sum().backward()
+    assert stub.w.grad is None and torch.isfinite(points.grad).all() and points.grad.abs().sum() > 0
+    res = A.pgd_many(objective, torch.zeros(1, 4, dtype=torch.float64), 0.5, generator=g, steps=20, restarts=2)
+    cosine = float((res.delta[0] @ -w) / res.delta[0].norm())
+    assert cosine > 0.95 and float(res.delta[0].norm()) == pytest.approx(0.5, rel=1e-6)

@@ -238,9 +238,9 @@ def cifar_condition(models: Models, label: int, sigma: float, params: dict[str, 
     return CifarCondition(label, center, toward, smoothed, sigma, distances, consistent, images.cpu(), fresh)
 
 
-STRENGTH = ("cifar_pgd_steps", "cifar_restarts", "cifar_n_eot", "cifar_sample_steps", "cifar_n_fresh",
-            "cifar_n_breakdown", "ptb_pgd_steps", "ptb_restarts", "ptb_n_eot", "ptb_black_box_draws", "ptb_steps",
-            "ptb_n_fresh")
+STRENGTH = ("cifar_pgd_steps", "cifar_restarts", "cifar_n_eot", "cifar_black_box_draws", "cifar_sample_steps",
+            "cifar_n_fresh", "cifar_n_breakdown", "ptb_pgd_steps", "ptb_restarts", "ptb_n_eot", "ptb_black_box_draws",
+            "ptb_steps", "ptb_n_fresh")
 """The parameters that size the attacks and their judges, repeated in ``overview.json`` for the book's prose."""
 
 JUDGED = {"mean_shift": ("wasserstein", "mean_band"), "class_consistency": ("class_consistency",)}
@@ -300,10 +300,25 @@ def _judge_delta(models: Models, cond: CifarCondition, delta: torch.Tensor, radi
     return rows
 
 
+def black_box_drop(models: Models, cond: CifarCondition, draws: int, generator: torch.Generator) -> A.Objective:
+    """Black-box objective for :func:`smoothgen.attacks.pgd_many`: the smoothed soft class-consistency drop
+    ``1 − E softmax(evaluator(G(u + ε, z)))_k``, each call on ``draws`` fresh noisy copies with fresh ``x_T``,
+    its gradient estimated from their images (Stein): the attacker never sees a gradient of the generator."""
+    def drop(points: torch.Tensor) -> torch.Tensor:  # [N, R, draws, E] -> [N, R, draws]
+        images = models.diffusion(points.flatten(0, 2), generator)
+        with torch.inference_mode():
+            probs = torch.softmax(models.evaluator(images).double(), -1)[:, cond.label]
+        return (1.0 - probs).clone().view(points.shape[:3])
+
+    return A.black_box_smoothed(drop, cond.sigma, draws, generator)
+
+
 def cifar_attack_rows(models: Models, cond: CifarCondition, radius: float, params: dict[str, Any],
                       extras: dict[str, Any]) -> list[dict[str, Any]]:
-    """At one radius: white-box PGD-EOT on each objective whose ``cifar_pgd`` class list holds this class, and
-    the straight move toward the nearest other class embedding (judged against all three certificates)."""
+    """At one radius: white-box PGD-EOT on each objective whose ``cifar_pgd`` class list holds this class,
+    black-box Stein PGD on the class-consistency drop if ``cifar_black_box`` holds it (judged like the white-box
+    one), and the straight move toward the nearest other class embedding (judged against all three
+    certificates)."""
     g = make_generator(params["seed"] + 7919 * cond.label + 1, cond.center.device)
     crn = A.CommonNoise.draw(cond.smoothed.noise, cond.center.shape, params["cifar_n_eot"], g, z_shape=(3, 32, 32))
     names = [name for name, classes in params["cifar_pgd"].items() if cond.label in classes]
@@ -314,6 +329,11 @@ def cifar_attack_rows(models: Models, cond: CifarCondition, radius: float, param
         scale = 1.0 if name == "class_consistency" else 1 / RMS
         rows += _judge_delta(models, cond, res.delta, radius, JUDGED[name], params, extras, attack=f"pgd-eot-{name}",
                              objective_value=res.value * scale)
+    if cond.label in params["cifar_black_box"]:
+        black = A.pgd_many(black_box_drop(models, cond, params["cifar_black_box_draws"], g), cond.center[None],
+                           radius, generator=g, steps=params["cifar_pgd_steps"], restarts=params["cifar_restarts"])
+        rows += _judge_delta(models, cond, black.delta[0], radius, JUDGED["class_consistency"], params, extras,
+                             attack="stein-black-box", objective_value=float(black.value[0]))
     rows += _judge_delta(models, cond, radius * cond.toward.double(), radius, ("wasserstein", "mean_band",
                          "class_consistency"), params, extras, attack="toward-nearest-class",
                          restarts=0, steps=0)
