@@ -568,7 +568,7 @@ class _BrightnessGenerator(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Parameter(w)
 
-    def __call__(self, embeddings: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forward(self, embeddings: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         with torch.inference_mode():
             x_t = torch.randn(embeddings.shape[0], 3, 32, 32, generator=generator, dtype=torch.float64)
             return torch.special.ndtr((embeddings.double() @ self.w)[:, None, None, None] + 0.3 * x_t)

@@ -304,11 +304,10 @@ def black_box_drop(models: Models, cond: CifarCondition, draws: int, generator: 
     """Black-box objective for :func:`smoothgen.attacks.pgd_many`: the smoothed soft class-consistency drop
     ``1 − E softmax(evaluator(G(u + ε, z)))_k``, each call on ``draws`` fresh noisy copies with fresh ``x_T``,
     its gradient estimated from their images (Stein): the attacker never sees a gradient of the generator."""
-    def drop(points: torch.Tensor) -> torch.Tensor:  # [N, R, draws, E] -> [N, R, draws]
-        images = models.diffusion(points.flatten(0, 2), generator)
-        with torch.inference_mode():
-            probs = torch.softmax(models.evaluator(images).double(), -1)[:, cond.label]
-        return (1.0 - probs).clone().view(points.shape[:3])
+    statistic = A.class_drop(models.evaluator, cond.label)
+
+    def drop(points: torch.Tensor) -> torch.Tensor:  # [N, R, draws, E] -> [N, R, draws], one image per copy
+        return statistic(models.diffusion(points.flatten(0, 2), generator)[:, None]).view(points.shape[:3])
 
     return A.black_box_smoothed(drop, cond.sigma, draws, generator)
 
